@@ -1,0 +1,52 @@
+"""`python -m pytest_buildenv reap|doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .errors import BuildEnvError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_buildenv")
+    commands = parser.add_subparsers(dest="command", required=True)
+    reap = commands.add_parser("reap", help="remove resources whose owning session is dead")
+    reap.add_argument("--dry-run", action="store_true", help="list what would be removed, and why")
+    reap.add_argument("--session", help="only this session's resources")
+    reap.add_argument("--include-kept", action="store_true", help="also resources kept with --buildenv-keep")
+    reap.add_argument("--older-than", type=float, metavar="HOURS",
+                      help="also remove other hosts' resources older than this")
+    doctor = commands.add_parser("doctor", help="say, for each kind, whether it is usable here and why not")
+    doctor.add_argument("--buildenv", default="", metavar="KIND[,KIND...]",
+                        help="exit non-zero if one of these kinds is unavailable")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "reap":
+            return _reap(args)
+        from .doctor import run_doctor
+
+        return run_doctor(args.buildenv)
+    except BuildEnvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _reap(args: argparse.Namespace) -> int:
+    from .engine import connect
+    from .reaper import reap
+
+    max_age = args.older_than * 3600 if args.older_than is not None else None
+    findings = reap(connect(), dry_run=args.dry_run, session=args.session,
+                    include_kept=args.include_kept, foreign_max_age=max_age)
+    for finding in findings:
+        verb = "would remove" if args.dry_run and finding.action == "remove" else finding.action
+        print(f"{verb}: {finding.resource} {finding.name} (session {finding.session}: {finding.reason})")
+    removed = sum(f.action == "remove" for f in findings)
+    print(f"{'would remove' if args.dry_run else 'removed'} {removed} of {len(findings)} labelled resources")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""One module per kind behind the BuildEnv handle; this file says which kinds exist."""
+
+from __future__ import annotations
+
+import shutil
+
+from .. import __version__
+from ..errors import BackendUnavailable
+from .base import BuildEnv
+
+__all__ = ["BuildEnv", "check_tooling"]
+
+
+def check_tooling(kind: str) -> None:
+    """Return if `kind` can run on this machine, else raise BackendUnavailable saying why."""
+    if kind == "local":
+        return
+    if kind in ("container", "dind"):
+        from ..engine import connect
+
+        connect().close()
+        return
+    if kind == "kind":
+        if shutil.which("kind") is None:
+            raise BackendUnavailable("`kind` executable not found on PATH; install kind (https://kind.sigs.k8s.io) or pass --kind-bin")
+    raise BackendUnavailable(f"the {kind} kind is not available in pytest-buildenv {__version__} yet")
+
+
+def available(kind: str) -> bool:
+    try:
+        check_tooling(kind)
+    except BackendUnavailable:
+        return False
+    return True

@@ -1,0 +1,171 @@
+"""The one handle every kind implements.
+
+A kind subclasses BuildEnv and supplies `_execute` (run one argv) plus, when
+its filesystem is not simply the host's, `_stat_outside`, `_read_outside`,
+`_put_outside` and `_get_outside` for paths outside the shared workspace.
+Everything else (argument handling, the transcript, check=, put/get inside the
+workspace, artifacts) is written once, here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path, PurePosixPath
+from typing import ClassVar, Mapping, Optional, Sequence, Union
+
+from ..errors import BuildEnvError, CommandTimeout, ConfigError
+from ..result import Artifact, FileInfo, Result, Transcript
+
+Command = Union[str, Sequence[str]]
+
+
+def to_argv(cmd: Command) -> list[str]:
+    """A string runs through `sh -c` (pipes, globs, &&); a list runs as is."""
+    if isinstance(cmd, str):
+        return ["sh", "-c", cmd]
+    argv = [str(part) for part in cmd]
+    if not argv:
+        raise ConfigError("run() got an empty command; pass a string or a non-empty list")
+    return argv
+
+
+def display(cmd: Command) -> str:
+    return cmd if isinstance(cmd, str) else " ".join(str(part) for part in cmd)
+
+
+def require_workspace(workspace: Path) -> Path:
+    workspace = Path(workspace)
+    if not workspace.is_dir():
+        raise ConfigError(f"workspace {workspace} does not exist; create the directory first or pass an existing one")
+    return workspace.resolve()
+
+
+def stat_host(path: Path) -> Optional[FileInfo]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return FileInfo(mode=st.st_mode, size=st.st_size, uid=st.st_uid, gid=st.st_gid)
+
+
+def copy_host(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, dest)
+
+
+class BuildEnv(ABC):
+    """A throwaway environment: run commands in it, look at what they produced."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, workspace: Path, workdir: PurePosixPath, *,
+                 environment: Optional[Mapping[str, str]] = None,
+                 timeout: Optional[float] = None) -> None:
+        self.workspace = require_workspace(workspace)
+        self.workdir = PurePosixPath(workdir)
+        self.environment = dict(environment or {})
+        self.default_timeout = timeout
+        self.transcript = Transcript()
+
+    # --- running ---------------------------------------------------------
+    def run(self, cmd: Command, check: bool = False, env: Optional[Mapping[str, str]] = None,
+            cwd: Union[str, PurePosixPath, None] = None, timeout: Optional[float] = None,
+            user: Optional[str] = None) -> Result:
+        """Run `cmd` in the workspace. A timeout always raises CommandTimeout."""
+        argv = to_argv(cmd)
+        merged_env = {**self.environment, **(env or {})}
+        limit = timeout if timeout is not None else self.default_timeout
+        started = time.monotonic()
+        exit_code, out, err, timed_out = self._execute(argv, merged_env, self._resolve(cwd), limit, user)
+        result = Result(display(cmd), exit_code, out, err, time.monotonic() - started, timed_out)
+        self.transcript.append(result)
+        if timed_out:
+            assert limit is not None
+            raise CommandTimeout(result, limit)
+        return result.check() if check else result
+
+    @abstractmethod
+    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
+                 timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
+        """Run argv; return (exit_code, stdout, stderr, timed_out), killing it on timeout."""
+
+    def _resolve(self, path: Union[str, PurePosixPath, None]) -> PurePosixPath:
+        if path is None:
+            return self.workdir
+        return self.workdir / path  # an absolute `path` replaces workdir, as with pathlib
+
+    # --- files -----------------------------------------------------------
+    def host_path(self, path: Union[str, PurePosixPath]) -> Optional[Path]:
+        """The host path of `path` (relative to workdir, or absolute) if it lies in the workspace."""
+        resolved = self._resolve(path)
+        try:
+            relative = resolved.relative_to(self.workdir)
+        except ValueError:
+            return None
+        return self.workspace / relative
+
+    def put(self, host_src: Union[str, os.PathLike[str]], path_in_env: Union[str, PurePosixPath]) -> PurePosixPath:
+        """Copy a host file or directory into the environment; return where it landed."""
+        src = Path(host_src)
+        if not src.exists():
+            raise ConfigError(f"put(): {src} does not exist on the host")
+        target = self._resolve(path_in_env)
+        host = self.host_path(target)
+        if host is not None:
+            copy_host(src, host)
+        else:
+            self._put_outside(src, target)
+        return target
+
+    def get(self, path_in_env: Union[str, PurePosixPath], host_dest: Union[str, os.PathLike[str]]) -> Path:
+        """Copy a file or directory out of the environment to `host_dest`; return that path."""
+        source = self._resolve(path_in_env)
+        dest = Path(host_dest)
+        host = self.host_path(source)
+        if host is not None:
+            if not host.exists():
+                raise FileNotFoundError(f"get(): {source} does not exist in the {self.kind} environment")
+            copy_host(host, dest)
+        else:
+            self._get_outside(source, dest)
+        return dest
+
+    def artifact(self, path: Union[str, PurePosixPath]) -> Artifact:
+        return Artifact(self._resolve(path), self._stat, self._read)
+
+    def _stat(self, path: PurePosixPath) -> Optional[FileInfo]:
+        host = self.host_path(path)
+        return stat_host(host) if host is not None else self._stat_outside(path)
+
+    def _read(self, path: PurePosixPath) -> bytes:
+        host = self.host_path(path)
+        return host.read_bytes() if host is not None else self._read_outside(path)
+
+    # Kinds whose filesystem is not the host's override these.
+    def _stat_outside(self, path: PurePosixPath) -> Optional[FileInfo]:
+        raise BuildEnvError(f"{self.kind}: cannot look at {path} outside the workspace")
+
+    def _read_outside(self, path: PurePosixPath) -> bytes:
+        raise BuildEnvError(f"{self.kind}: cannot read {path} outside the workspace")
+
+    def _put_outside(self, src: Path, target: PurePosixPath) -> None:
+        raise BuildEnvError(f"{self.kind}: cannot copy to {target} outside the workspace")
+
+    def _get_outside(self, source: PurePosixPath, dest: Path) -> None:
+        raise BuildEnvError(f"{self.kind}: cannot copy {source} from outside the workspace")
+
+    # --- lifetime --------------------------------------------------------
+    def close(self) -> None:
+        """Tear the environment down. Idempotent; the workspace itself stays for pytest to clean."""
+
+    def __enter__(self) -> BuildEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,67 @@
+"""`local`: a fresh workspace on the host; commands run there with subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Mapping, Optional
+
+from ..errors import ConfigError
+from ..result import FileInfo
+from .base import BuildEnv, copy_host, stat_host
+
+
+class LocalEnv(BuildEnv):
+    kind = "local"
+
+    def __init__(self, workspace: Path, *, environment: Optional[Mapping[str, str]] = None,
+                 timeout: Optional[float] = None) -> None:
+        super().__init__(workspace, PurePosixPath(), environment=environment, timeout=timeout)
+        # On the host, the workdir *is* the workspace.
+        self.workdir = PurePosixPath(self.workspace)
+
+    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
+                 timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
+        try:
+            # A session of its own, so a timeout kills everything the command started.
+            proc = subprocess.Popen(argv, cwd=str(cwd), env={**os.environ, **env},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True, user=user)
+        except FileNotFoundError as exc:
+            return 127, "", f"{exc.strerror}: {exc.filename}\n", False
+        except PermissionError as exc:
+            if user is not None:
+                raise ConfigError(f"run(user={user!r}) on the local kind needs root; drop user= or run as root") from exc
+            return 126, "", f"{exc.strerror}: {exc.filename}\n", False
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                out, err = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:  # something escaped the group and holds the pipes
+                out, err = b"", b""
+            timed_out = True
+        return proc.returncode, _text(out), _text(err), timed_out
+
+    # The whole host filesystem is reachable, so "outside the workspace" is just the host.
+    def _stat_outside(self, path: PurePosixPath) -> Optional[FileInfo]:
+        return stat_host(Path(path))
+
+    def _read_outside(self, path: PurePosixPath) -> bytes:
+        return Path(path).read_bytes()
+
+    def _put_outside(self, src: Path, target: PurePosixPath) -> None:
+        copy_host(src, Path(target))
+
+    def _get_outside(self, source: PurePosixPath, dest: Path) -> None:
+        if not Path(source).exists():
+            raise FileNotFoundError(f"get(): {source} does not exist")
+        copy_host(Path(source), dest)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")

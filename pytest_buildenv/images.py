@@ -1,0 +1,158 @@
+"""Images for builder containers: by tag, or built from a Dockerfile once per content.
+
+The context is packed here rather than by the daemon so that a per-Dockerfile
+ignore file (`Dockerfile.x.dockerignore` beside `Dockerfile.x`, as BuildKit
+reads it) works on the classic builder too, and so that the content hash that
+keys the cache is ours: the same Dockerfile, context, target and build args
+are built once per session and reused by every test and xdist worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
+
+from .engine import daemon_errors
+from .errors import ConfigError, ImageBuildError, tail
+from .naming import Owner, slug
+
+if TYPE_CHECKING:
+    import docker
+
+    from .sharing import SharedState
+
+# The Dockerfile travels in the context under this name, wherever it lives on disk.
+INJECTED_DOCKERFILE = ".buildenv.Dockerfile"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    dockerfile: Path
+    context: Path
+    target: Optional[str] = None
+    build_args: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.dockerfile.is_file():
+            raise ConfigError(f"Dockerfile {self.dockerfile} not found; fix dockerfile= (relative paths start at the test file's directory)")
+        if not self.context.is_dir():
+            raise ConfigError(f"build context {self.context} is not a directory; fix context=")
+
+    def ignore_file(self) -> Optional[Path]:
+        """`<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`."""
+        for candidate in (self.dockerfile.with_name(self.dockerfile.name + ".dockerignore"),
+                          self.context / ".dockerignore"):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def ignore_patterns(self) -> list[str]:
+        source = self.ignore_file()
+        if source is None:
+            return []
+        lines = (line.strip() for line in source.read_text().splitlines())
+        return [line for line in lines if line and not line.startswith("#")]
+
+    def context_files(self) -> list[str]:
+        from docker.utils.build import exclude_paths
+
+        return sorted(exclude_paths(str(self.context), self.ignore_patterns(), dockerfile=INJECTED_DOCKERFILE))
+
+    def content_hash(self, files: Iterable[str]) -> str:
+        digest = hashlib.sha256()
+        digest.update(self.dockerfile.read_bytes())
+        digest.update(json.dumps([self.target, sorted(self.build_args.items())]).encode())
+        for rel in files:
+            path = self.context / rel
+            digest.update(rel.encode() + b"\0")
+            if path.is_symlink():
+                digest.update(b"L" + os.readlink(path).encode())
+            elif path.is_file():
+                digest.update(b"F%o" % (path.stat().st_mode & 0o777) + _file_digest(path))
+            else:
+                digest.update(b"D")
+        return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
+
+
+class ImageBuilder:
+    """Resolves an image setting to a local image, building Dockerfiles once per session."""
+
+    def __init__(self, client: docker.DockerClient, owner: Owner,
+                 shared: Optional[SharedState] = None, progress: Optional[Progress] = None) -> None:
+        self.client = client
+        self.owner = owner
+        self.shared = shared
+        self.progress = progress or (lambda line: None)
+        self._built: dict[str, str] = {}
+
+    def from_tag(self, tag: str) -> str:
+        """The tag itself if the image is local (or can be pulled), else ConfigError."""
+        import docker
+
+        with daemon_errors(f"looking up image {tag}"):
+            try:
+                self.client.images.get(tag)
+                return tag
+            except docker.errors.ImageNotFound:
+                pass
+            try:
+                self.progress(f"pulling {tag}")
+                self.client.images.pull(tag)
+                return tag
+            except docker.errors.APIError as exc:
+                reason = (exc.explanation or str(exc)).splitlines()[0][:160]
+                raise ConfigError(f"image {tag!r} is not present locally and could not be pulled ({reason}); "
+                                  "build or load it first, or use dockerfile=") from exc
+
+    def build(self, spec: BuildSpec) -> str:
+        """Build `spec` (or reuse this session's build of the same content); return the tag."""
+        spec.validate()
+        files = spec.context_files()
+        key = spec.content_hash(files)
+        if key not in self._built:
+            if self.shared is not None:
+                record = self.shared.get_or_create(f"image-{key[:24]}", lambda: {"tag": self._build(spec, files, key)})
+                self._built[key] = record["tag"]
+            else:
+                self._built[key] = self._build(spec, files, key)
+        return self._built[key]
+
+    def _build(self, spec: BuildSpec, files: list[str], key: str) -> str:
+        from docker.utils.build import create_archive
+
+        tag = f"buildenv/{slug(spec.dockerfile.name, 40)}:{self.owner.session}-{key[:12]}"
+        self.progress(f"building {tag} from {spec.dockerfile}" + (f" (target {spec.target})" if spec.target else ""))
+        context = create_archive(str(spec.context), files=files,
+                                 extra_files=[(INJECTED_DOCKERFILE, spec.dockerfile.read_text())])
+        log: list[str] = []
+        with daemon_errors(f"building {spec.dockerfile}"), context:
+            stream = self.client.api.build(
+                fileobj=context, custom_context=True, dockerfile=INJECTED_DOCKERFILE, tag=tag,
+                target=spec.target, buildargs=spec.build_args, labels=self.owner.labels("image"),
+                rm=True, forcerm=True, decode=True)
+            for chunk in stream:
+                if "error" in chunk:
+                    log.append(chunk["error"])
+                    raise ImageBuildError(
+                        f"docker build of {spec.dockerfile} failed: {chunk['error'].strip()}; "
+                        f"fix the failing step (its output follows)\n{tail(''.join(log))}")
+                line = chunk.get("stream", "")
+                if line:
+                    log.append(line)
+                    if line.strip():
+                        self.progress(line.rstrip())
+        return tag

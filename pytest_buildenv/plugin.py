@@ -1,0 +1,236 @@
+"""The pytest layer: options, markers, fixtures, report hooks. The work happens elsewhere."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+
+from .config import KINDS, Layer, load_config_file, parse_selection
+from .errors import BuildEnvError
+from .naming import Owner, new_session_id
+
+SESSION_KEY = pytest.StashKey["Any"]()
+ENVS_KEY = pytest.StashKey[list]()
+
+FIXTURE_KINDS = {"builder_container": "container"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("buildenv", "throwaway build environments")
+    group.addoption("--buildenv", default=None, metavar="KIND[,KIND...]",
+                    help=f"kinds enabled in this run: {', '.join(KINDS)} or auto (default: local)")
+    group.addoption("--buildenv-keep", action="store_true", default=False,
+                    help="keep every environment and print how to reach and remove it")
+    group.addoption("--buildenv-artifacts", default=None, metavar="DIR",
+                    help="copy a failing test's workspace and logs to DIR/<test id>/")
+    parser.addini("buildenv", "kinds enabled by default (overridden by PYTEST_BUILDENV and --buildenv)")
+    parser.addini("buildenv_config", "settings file with one section per kind (default: buildenv.yaml in rootdir)")
+    parser.addini("buildenv_image", "default image for container and dind")
+    parser.addini("buildenv_timeout", "default per-command timeout in seconds")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for kind in KINDS:
+        config.addinivalue_line("markers", f"{kind}(**settings): needs the {kind} environment kind; keywords configure it")
+    if config.option.help or config.option.version:
+        return
+    try:
+        config.stash[SESSION_KEY] = _make_session(config)
+    except BuildEnvError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    from .reaper import OwnerLock
+
+    config.stash[SESSION_KEY].owner_lock = OwnerLock()
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM tears down like Ctrl-C
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _make_session(config: pytest.Config) -> Any:
+    from .backends import available
+    from .session import BuildEnvSession
+
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput:
+        session_id, session_pid = workerinput["buildenv_session"], workerinput["buildenv_session_pid"]
+    else:
+        session_id, session_pid = new_session_id(), os.getpid()
+    text, source = _selection_text(config)
+    keep = config.option.buildenv_keep
+    ini = {"image": config.getini("buildenv_image") or None, "timeout": config.getini("buildenv_timeout") or None}
+    return BuildEnvSession(
+        parse_selection(text, source, available),
+        Owner(session_id, keep=keep),
+        session_owner=Owner(session_id, pid=session_pid, keep=keep),
+        file_layers=_config_file_layers(config),
+        ini_layer=Layer({k: v for k, v in ini.items() if v is not None}, config.rootpath, "ini"),
+        is_session_owner=not workerinput,
+        progress=_progress_writer(config),
+    )
+
+
+def _selection_text(config: pytest.Config) -> tuple[Optional[str], str]:
+    if config.option.buildenv:
+        return config.option.buildenv, "--buildenv"
+    if os.environ.get("PYTEST_BUILDENV"):
+        return os.environ["PYTEST_BUILDENV"], "PYTEST_BUILDENV"
+    return config.getini("buildenv") or None, "ini buildenv"
+
+
+def _config_file_layers(config: pytest.Config) -> dict[str, Layer]:
+    named = config.getini("buildenv_config")
+    path = config.rootpath / (named or "buildenv.yaml")
+    if named or path.exists():
+        return load_config_file(path)
+    return {}
+
+
+def _progress_writer(config: pytest.Config) -> Any:
+    def write(line: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and config.get_verbosity() >= 0:
+            reporter.write_line(f"[buildenv] {line}")
+    return write
+
+
+def _session(config: pytest.Config) -> Any:
+    return config.stash[SESSION_KEY]
+
+
+# --- session start and end ---------------------------------------------------
+def pytest_sessionstart(session: pytest.Session) -> None:
+    bs = _session(session.config)
+    if not bs.is_session_owner:
+        return
+    try:
+        bs.check_explicit_kinds()
+        if bs.uses_docker:
+            for finding in bs.reap_dead():
+                bs.progress(f"reaped {finding.resource} {finding.name} ({finding.reason})")
+    except BuildEnvError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    bs = _session(node.config)
+    node.workerinput["buildenv_session"] = bs.owner.session
+    node.workerinput["buildenv_session_pid"] = os.getpid()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    stats = getattr(node, "workeroutput", {}).get("buildenv_stats")
+    if stats:
+        _session(node.config).stats.add(stats)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    bs = _session(session.config)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["buildenv_stats"] = bs.stats.as_dict()
+    elif bs.is_session_owner:
+        bs.finish()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    bs = config.stash.get(SESSION_KEY, None)
+    if bs is not None and bs.is_session_owner:
+        for line in bs.summary_lines():
+            terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    bs = config.stash.get(SESSION_KEY, None)
+    if bs is not None:
+        bs.owner_lock.release()
+
+
+# --- selection -----------------------------------------------------------------
+def _marked_kinds(node: Any) -> list[str]:
+    return list(dict.fromkeys(m.name for m in node.iter_markers() if m.name in KINDS))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`buildenv` runs once per enabled kind the test allows; a marked but disabled kind is a skip."""
+    if "buildenv" not in metafunc.fixturenames:
+        return
+    selection = _session(metafunc.config).selection
+    marked = _marked_kinds(metafunc.definition)
+    kinds = marked or list(selection.kinds)
+    params = [pytest.param(kind, id=kind, marks=() if selection.enabled(kind)
+                           else pytest.mark.skip(reason=f"run with --buildenv={kind}"))
+              for kind in kinds]
+    metafunc.parametrize("buildenv", params, indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    selection = _session(config).selection
+    for item in items:
+        if "buildenv" in getattr(item, "fixturenames", ()):
+            continue  # skipped per parameter above
+        needed = _marked_kinds(item) + [k for f, k in FIXTURE_KINDS.items() if f in getattr(item, "fixturenames", ())]
+        missing = [kind for kind in needed if not selection.enabled(kind)]
+        if missing:
+            item.add_marker(pytest.mark.skip(reason=f"run with --buildenv={','.join(dict.fromkeys(missing))}"))
+
+
+# --- fixtures --------------------------------------------------------------------
+def _open_env(request: pytest.FixtureRequest, kind: str, workspace: Path) -> Iterator[Any]:
+    bs = _session(request.config)
+    marker = request.node.get_closest_marker(kind)
+    try:
+        settings = bs.settings(kind, marker.kwargs if marker else {}, request.node.path.parent, request.node.nodeid)
+        env = bs.open(kind, settings, workspace, request.node.nodeid)
+    except BuildEnvError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    request.node.stash.setdefault(ENVS_KEY, []).append(env)
+    try:
+        yield env
+    finally:
+        bs.close(env)
+
+
+def _workspace(tmp_path: Path) -> Path:
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    return workspace
+
+
+@pytest.fixture
+def buildenv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh environment of each enabled kind the test allows (ids [local], [container], ...)."""
+    kind = getattr(request, "param", "local")
+    yield from _open_env(request, kind, _workspace(tmp_path))
+
+
+@pytest.fixture
+def builder_container(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh builder container, workspace at /work, running as you."""
+    yield from _open_env(request, "container", _workspace(tmp_path))
+
+
+# --- reports ---------------------------------------------------------------------
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    envs = item.stash.get(ENVS_KEY, None)
+    if not envs or not report.failed or report.when == "teardown":
+        return
+    from .reports import SECTION, save_artifacts, transcript_text
+
+    text = transcript_text(envs)
+    report.sections.append((SECTION, text))
+    report.user_properties.append(("buildenv_transcript", text))
+    artifacts = item.config.option.buildenv_artifacts
+    if artifacts:
+        save_artifacts(envs, item.nodeid, Path(artifacts))

@@ -1,0 +1,164 @@
+"""Crash-proof clean-up without a helper container.
+
+Every pytest process holds an exclusive flock on an owner file named after its
+host and pid for as long as it lives; the kernel drops the lock when the
+process dies, SIGKILL included. A resource is dead when its owner's lock can
+be taken (or, lock file gone, its pid no longer exists). The reaper removes
+dead resources on this host, reports those of other hosts (removing them only
+past a given age), never touches a live session's resources, and never one
+without our labels.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
+
+from .naming import ANY_OWNED, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION, session_filter
+
+if TYPE_CHECKING:
+    import docker
+
+OWNERS_DIR = Path(tempfile.gettempdir()) / "pytest-buildenv-owners"
+
+
+def _owner_file(host: str, pid: int) -> Path:
+    return OWNERS_DIR / f"{host}-{pid}.lock"
+
+
+class OwnerLock:
+    """Held for the life of this process; its release is how others learn we died."""
+
+    def __init__(self, host: Optional[str] = None, pid: Optional[int] = None) -> None:
+        OWNERS_DIR.mkdir(exist_ok=True)
+        try:  # shared by every user of this host, like /tmp itself
+            os.chmod(OWNERS_DIR, 0o1777)
+        except PermissionError:
+            pass
+        self.path = _owner_file(host or socket.gethostname(), pid or os.getpid())
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def owner_alive(host: str, pid: int) -> bool:
+    """Is the process that labelled a resource on this host still running a session?"""
+    path = _owner_file(host, pid)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return _pid_exists(pid)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Finding:
+    resource: str  # container, network, volume, image
+    ident: str
+    name: str
+    session: str
+    action: str  # "remove", "keep" or "report"
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.action:6} {self.resource:9} {self.name:50} session {self.session}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Labelled:
+    resource: str
+    ident: str
+    name: str
+    labels: dict[str, str]
+    remove: Callable[[], None]
+
+
+def labelled_resources(client: docker.DockerClient, filters: dict[str, list[str]]) -> Iterator[Labelled]:
+    """Everything carrying our session label, containers first so images free up last."""
+    import docker as sdk
+
+    def quietly(action: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                action()
+            except sdk.errors.NotFound:
+                pass
+        return run
+
+    api = client.api
+    for c in api.containers(all=True, filters=filters):
+        yield Labelled("container", c["Id"], c["Names"][0].lstrip("/"), c["Labels"] or {},
+                       quietly(lambda cid=c["Id"]: api.remove_container(cid, force=True, v=True)))
+    for n in api.networks(filters=filters):
+        yield Labelled("network", n["Id"], n["Name"], n.get("Labels") or {},
+                       quietly(lambda nid=n["Id"]: api.remove_network(nid)))
+    for v in api.volumes(filters=filters).get("Volumes") or []:
+        yield Labelled("volume", v["Name"], v["Name"], v.get("Labels") or {},
+                       quietly(lambda name=v["Name"]: api.remove_volume(name, force=True)))
+    for i in api.images(filters=filters):
+        name = (i.get("RepoTags") or [i["Id"]])[0]
+        yield Labelled("image", i["Id"], name, i.get("Labels") or {},
+                       quietly(lambda iid=i["Id"]: api.remove_image(iid, force=True)))
+
+
+def judge(labels: dict[str, str], *, this_host: str, foreign_max_age: Optional[float],
+          include_kept: bool, now: Optional[float] = None) -> tuple[str, str]:
+    """(action, reason) for one resource: remove it, keep it, or only report it."""
+    if labels.get(LABEL_KEEP) == "true" and not include_kept:
+        return "keep", "kept with --buildenv-keep (remove with reap --include-kept)"
+    host, pid = labels.get(LABEL_HOST, "?"), int(labels.get(LABEL_PID, "0") or 0)
+    if host != this_host:
+        age = (now or time.time()) - float(labels.get(LABEL_CREATED, "0") or 0)
+        if foreign_max_age is not None and age > foreign_max_age:
+            return "remove", f"from host {host}, {age / 3600:.1f} h old"
+        return "report", f"owned by pid {pid} on host {host}; not ours to judge"
+    if owner_alive(host, pid):
+        return "keep", f"owner pid {pid} is alive"
+    return "remove", f"owner pid {pid} is gone"
+
+
+def reap(client: docker.DockerClient, *, dry_run: bool = False, session: Optional[str] = None,
+         include_kept: bool = False, foreign_max_age: Optional[float] = None,
+         force: bool = False) -> list[Finding]:
+    """Remove dead owners' resources (or, with `force`, every resource of `session`)."""
+    this_host = socket.gethostname()
+    filters = session_filter(session) if session else ANY_OWNED
+    findings = []
+    for item in labelled_resources(client, filters):
+        if force:
+            action, reason = "remove", "session swept by its owner"
+        else:
+            action, reason = judge(item.labels, this_host=this_host, foreign_max_age=foreign_max_age,
+                                   include_kept=include_kept)
+        if action == "remove" and not dry_run:
+            item.remove()
+        findings.append(Finding(item.resource, item.ident, item.name,
+                                item.labels.get(LABEL_SESSION, "?"), action, reason))
+    return findings

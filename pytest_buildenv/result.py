@@ -1,0 +1,124 @@
+"""Plain data every kind hands back: a command's Result, the Transcript, an Artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Callable, Optional
+
+from .errors import BuildCommandError, tail
+
+
+@dataclass
+class Result:
+    """What one command did. Output is kept whole; only error messages show a tail."""
+
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    def check(self) -> Result:
+        """Return self if the command succeeded, else raise BuildCommandError with the output tail."""
+        if not self.ok:
+            raise BuildCommandError(self)
+        return self
+
+
+class Transcript(list[Result]):
+    """Every command an environment ran, with its output, in order."""
+
+    def render(self, tail_lines: int = 20) -> str:
+        blocks = []
+        for number, result in enumerate(self, 1):
+            status = "timed out" if result.timed_out else f"exit {result.exit_code}"
+            blocks.append(f"[{number}] $ {result.command}  ({status}, {result.duration:.2f} s)")
+            for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+                if text.strip():
+                    blocks.append(f"  {name}:\n" + _indent(tail(text, tail_lines)))
+        return "\n".join(blocks)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What `stat` says of a file, wherever it lives."""
+
+    mode: int  # full st_mode, type bits included
+    size: int
+    uid: int
+    gid: int
+
+
+StatFn = Callable[[PurePosixPath], Optional[FileInfo]]
+ReadFn = Callable[[PurePosixPath], bytes]
+
+
+class Artifact:
+    """A file the build produced, looked at afresh on every access."""
+
+    def __init__(self, path: PurePosixPath, stat_fn: StatFn, read_fn: ReadFn) -> None:
+        self.path = path
+        self._stat = stat_fn
+        self._read = read_fn
+
+    def __repr__(self) -> str:
+        return f"Artifact({str(self.path)!r})"
+
+    def _info(self) -> FileInfo:
+        info = self._stat(self.path)
+        if info is None:
+            raise FileNotFoundError(f"artifact {self.path} does not exist (the build did not produce it)")
+        return info
+
+    @property
+    def exists(self) -> bool:
+        return self._stat(self.path) is not None
+
+    @property
+    def is_file(self) -> bool:
+        info = self._stat(self.path)
+        return info is not None and stat.S_ISREG(info.mode)
+
+    @property
+    def size(self) -> int:
+        return self._info().size
+
+    @property
+    def mode(self) -> int:
+        """Permission bits only, e.g. 0o755."""
+        return stat.S_IMODE(self._info().mode)
+
+    @property
+    def uid(self) -> int:
+        return self._info().uid
+
+    @property
+    def gid(self) -> int:
+        return self._info().gid
+
+    @property
+    def executable(self) -> bool:
+        return self.is_file and bool(self.mode & 0o111)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.read_bytes()).hexdigest()
+
+    def read_bytes(self) -> bytes:
+        self._info()
+        return self._read(self.path)
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)

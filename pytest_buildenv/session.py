@@ -1,0 +1,185 @@
+"""One test session's environments: settings, creation, teardown, bookkeeping.
+
+Works without pytest: the plugin hands it plain values (the selection text,
+the config file, the marker's keyword arguments) and asks it for handles.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+from .backends import check_tooling
+from .backends.base import BuildEnv
+from .config import DOCKER_KINDS, ContainerSettings, Layer, Selection, Settings, merge
+from .errors import ConfigError
+from .naming import Owner
+from .sharing import SharedState
+
+if TYPE_CHECKING:
+    import docker
+
+    from .images import ImageBuilder
+    from .reaper import Finding
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Stats:
+    made: Counter[str] = field(default_factory=Counter)
+    setup_seconds: float = 0.0
+    teardown_seconds: float = 0.0
+    kept: list[str] = field(default_factory=list)
+
+    def add(self, other: Mapping[str, Any]) -> None:
+        self.made.update(other.get("made", {}))
+        self.setup_seconds += other.get("setup_seconds", 0.0)
+        self.teardown_seconds += other.get("teardown_seconds", 0.0)
+        self.kept.extend(other.get("kept", []))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"made": dict(self.made), "setup_seconds": self.setup_seconds,
+                "teardown_seconds": self.teardown_seconds, "kept": list(self.kept)}
+
+
+class BuildEnvSession:
+    def __init__(self, selection: Selection, owner: Owner, *, session_owner: Optional[Owner] = None,
+                 file_layers: Optional[dict[str, Layer]] = None,
+                 ini_layer: Optional[Layer] = None, is_session_owner: bool = True,
+                 progress: Optional[Progress] = None) -> None:
+        self.selection = selection
+        self.owner = owner
+        # Shared resources (session images, clusters) belong to the process that
+        # outlives every worker, so a crashed worker cannot get them reaped.
+        self.session_owner = session_owner or owner
+        self.owner_lock: Any = None
+        self.findings_at_end: list[Finding] = []
+        self.left_behind = 0
+        self.file_layers = file_layers or {}
+        self.ini_layer = ini_layer
+        self.is_session_owner = is_session_owner
+        self.progress = progress or (lambda line: None)
+        self.shared = SharedState(owner.session)
+        self.stats = Stats()
+        self._client: Optional[docker.DockerClient] = None
+        self._images: Optional[ImageBuilder] = None
+
+    # --- tooling ---------------------------------------------------------
+    def check_explicit_kinds(self) -> None:
+        """An explicitly enabled kind with missing tooling is an error, never a skip."""
+        if self.selection.explicit:
+            for kind in self.selection.kinds:
+                check_tooling(kind)
+
+    @property
+    def uses_docker(self) -> bool:
+        return any(kind in DOCKER_KINDS for kind in self.selection.kinds)
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            from .engine import connect
+
+            self._client = connect()
+        return self._client
+
+    @property
+    def images(self) -> ImageBuilder:
+        if self._images is None:
+            from .images import ImageBuilder
+
+            self._images = ImageBuilder(self.client, self.session_owner, self.shared, self.progress)
+        return self._images
+
+    # --- settings --------------------------------------------------------
+    def settings(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path, test: str = "") -> Settings:
+        layers = [layer for layer in (self.ini_layer, self.file_layers.get(kind)) if layer is not None]
+        if marker_values:
+            layers.append(Layer(marker_values, test_dir, f"@pytest.mark.{kind} of {test or test_dir}"))
+        return merge(kind, layers)
+
+    # --- environments ----------------------------------------------------
+    def open(self, kind: str, settings: Settings, workspace: Path, test: str = "") -> BuildEnv:
+        started = time.monotonic()
+        env = self._make(kind, settings, workspace, test)
+        self.stats.made[kind] += 1
+        self.stats.setup_seconds += time.monotonic() - started
+        return env
+
+    def _make(self, kind: str, settings: Settings, workspace: Path, test: str) -> BuildEnv:
+        if kind == "local":
+            from .backends.local import LocalEnv
+
+            return LocalEnv(workspace, environment=settings.environment, timeout=settings.timeout)
+        if kind == "container":
+            assert isinstance(settings, ContainerSettings)
+            from .backends.container import ContainerEnv
+
+            return ContainerEnv(self.client, self.image_for(settings, kind), workspace, self.owner, test=test,
+                                network=settings.network, ssh_agent=settings.ssh_agent,
+                                environment=settings.environment, timeout=settings.timeout)
+        check_tooling(kind)  # raises BackendUnavailable for kinds this version lacks
+        raise ConfigError(f"cannot make a {kind} environment")
+
+    def image_for(self, settings: ContainerSettings, kind: str) -> str:
+        from .images import BuildSpec
+
+        if settings.dockerfile is not None:
+            context = settings.context or settings.dockerfile.parent
+            return self.images.build(BuildSpec(settings.dockerfile, context, settings.target, settings.build_args))
+        if settings.image:
+            return self.images.from_tag(settings.image)
+        raise ConfigError(f"no image for the {kind} kind; pass @pytest.mark.{kind}(image=...) or dockerfile=, "
+                          f"set {kind}: image: in buildenv.yaml, or ini buildenv_image")
+
+    def close(self, env: BuildEnv) -> None:
+        started = time.monotonic()
+        if self.owner.keep:
+            self.stats.kept.append(describe_kept(env))
+        else:
+            env.close()
+        self.stats.teardown_seconds += time.monotonic() - started
+
+    # --- session start and end (session owner only) ----------------------
+    def reap_dead(self) -> list[Finding]:
+        from .reaper import reap
+
+        return [f for f in reap(self.client) if f.action == "remove"]
+
+    def sweep(self) -> list[Finding]:
+        """Remove whatever this session still owns: a crashed worker's leftovers, shared images."""
+        from .reaper import reap
+
+        found = [] if self.owner.keep or not self.uses_docker else reap(self.client, session=self.owner.session, force=True)
+        self.shared.remove()
+        return found
+
+    def finish(self) -> None:
+        """Session owner, at the very end: sweep, then count what is still there."""
+        self.findings_at_end = self.sweep()
+        if self.uses_docker and not self.owner.keep:
+            from .reaper import reap
+
+            self.left_behind = len(reap(self.client, session=self.owner.session, dry_run=True, force=True))
+
+    def summary_lines(self) -> list[str]:
+        made = ", ".join(f"{n} {kind}" for kind, n in sorted(self.stats.made.items())) or "none"
+        lines = [f"buildenv: session {self.owner.session}: environments made: {made}; "
+                 f"setup {self.stats.setup_seconds:.1f} s, teardown {self.stats.teardown_seconds:.1f} s; "
+                 f"swept at end: {len(self.findings_at_end)}; left behind: {self.left_behind}"]
+        if self.owner.keep:
+            lines.append("buildenv: kept (--buildenv-keep):")
+            lines.extend(f"  {entry}" for entry in self.stats.kept)
+            lines.append(f"  remove them all with: python -m pytest_buildenv reap --session {self.owner.session} --include-kept")
+        return lines
+
+
+def describe_kept(env: BuildEnv) -> str:
+    name = getattr(env, "name", None)
+    if name:
+        return f"{env.kind} {name}: docker exec -it {name} sh   (workspace {env.workspace})"
+    return f"{env.kind} workspace {env.workspace}"
