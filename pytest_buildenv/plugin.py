@@ -16,7 +16,7 @@ from .naming import Owner, new_session_id
 SESSION_KEY = pytest.StashKey["Any"]()
 ENVS_KEY = pytest.StashKey[list]()
 
-FIXTURE_KINDS = {"builder_container": "container"}
+FIXTURE_KINDS = {"builder_container": "container", "dind_sibling": "dind"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -104,6 +104,11 @@ def _session(config: pytest.Config) -> Any:
     return config.stash[SESSION_KEY]
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    selection = _session(config).selection
+    return f"buildenv: kinds {', '.join(selection.kinds)} (from {selection.source})"
+
+
 # --- session start and end ---------------------------------------------------
 def pytest_sessionstart(session: pytest.Session) -> None:
     bs = _session(session.config)
@@ -156,7 +161,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 # --- selection -----------------------------------------------------------------
 def _marked_kinds(node: Any) -> list[str]:
-    return list(dict.fromkeys(m.name for m in node.iter_markers() if m.name in KINDS))
+    marked = {m.name for m in node.iter_markers()}
+    return [kind for kind in KINDS if kind in marked]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -178,9 +184,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "buildenv" in getattr(item, "fixturenames", ()):
             continue  # skipped per parameter above
         needed = _marked_kinds(item) + [k for f, k in FIXTURE_KINDS.items() if f in getattr(item, "fixturenames", ())]
-        missing = [kind for kind in needed if not selection.enabled(kind)]
+        missing = [kind for kind in KINDS if kind in needed and not selection.enabled(kind)]
         if missing:
-            item.add_marker(pytest.mark.skip(reason=f"run with --buildenv={','.join(dict.fromkeys(missing))}"))
+            item.add_marker(pytest.mark.skip(reason=f"run with --buildenv={','.join(missing)}"))
 
 
 # --- fixtures --------------------------------------------------------------------
@@ -191,7 +197,11 @@ def _open_env(request: pytest.FixtureRequest, kind: str, workspace: Path) -> Ite
         settings = bs.settings(kind, marker.kwargs if marker else {}, request.node.path.parent, request.node.nodeid)
         env = bs.open(kind, settings, workspace, request.node.nodeid)
     except BuildEnvError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)  # reported below, outside the except: one line, no chained traceback
+    else:
+        failure = ""
+    if failure:
+        pytest.fail(failure, pytrace=False)
     request.node.stash.setdefault(ENVS_KEY, []).append(env)
     try:
         yield env
@@ -216,6 +226,12 @@ def buildenv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 def builder_container(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A fresh builder container, workspace at /work, running as you."""
     yield from _open_env(request, "container", _workspace(tmp_path))
+
+
+@pytest.fixture
+def dind_sibling(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A builder holding the Docker socket; `.sibling(image)` starts containers sharing its workspace."""
+    yield from _open_env(request, "dind", _workspace(tmp_path))
 
 
 # --- reports ---------------------------------------------------------------------

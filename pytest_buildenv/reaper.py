@@ -33,23 +33,38 @@ def _owner_file(host: str, pid: int) -> Path:
 
 
 class OwnerLock:
-    """Held for the life of this process; its release is how others learn we died."""
+    """Held for the life of this process; its release is how others learn we died.
 
-    def __init__(self, host: Optional[str] = None, pid: Optional[int] = None) -> None:
-        OWNERS_DIR.mkdir(exist_ok=True)
-        try:  # shared by every user of this host, like /tmp itself
-            os.chmod(OWNERS_DIR, 0o1777)
-        except PermissionError:
-            pass
-        self.path = _owner_file(host or socket.gethostname(), pid or os.getpid())
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    One flock per process, however many sessions it runs (pytester runs inner
+    sessions in-process): a second flock on the same file would block on our own.
+    """
+
+    _fd = -1
+    _users = 0
+
+    def __init__(self) -> None:
+        self.path = _owner_file(socket.gethostname(), os.getpid())
+        if OwnerLock._users == 0:
+            OWNERS_DIR.mkdir(exist_ok=True)
+            try:  # shared by every user of this host, like /tmp itself
+                os.chmod(OWNERS_DIR, 0o1777)
+            except PermissionError:
+                pass
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            OwnerLock._fd = fd
+        OwnerLock._users += 1
+        self._held = True
 
     def release(self) -> None:
-        if self._fd >= 0:
+        if not self._held:
+            return
+        self._held = False
+        OwnerLock._users -= 1
+        if OwnerLock._users == 0:
             self.path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = -1
+            os.close(OwnerLock._fd)
+            OwnerLock._fd = -1
 
 
 def owner_alive(host: str, pid: int) -> bool:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from .backends import check_tooling
 from .backends.base import BuildEnv
-from .config import DOCKER_KINDS, ContainerSettings, Layer, Selection, Settings, merge
+from .config import DOCKER_KINDS, ContainerSettings, Layer, Selection, Settings, known_keys, merge
 from .errors import ConfigError
 from .naming import Owner
 from .sharing import SharedState
@@ -97,10 +97,17 @@ class BuildEnvSession:
 
     # --- settings --------------------------------------------------------
     def settings(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path, test: str = "") -> Settings:
-        layers = [layer for layer in (self.ini_layer, self.file_layers.get(kind)) if layer is not None]
+        layers = [layer for layer in (self._ini_for(kind), self.file_layers.get(kind)) if layer is not None]
         if marker_values:
             layers.append(Layer(marker_values, test_dir, f"@pytest.mark.{kind} of {test or test_dir}"))
         return merge(kind, layers)
+
+    def _ini_for(self, kind: str) -> Optional[Layer]:
+        """ini settings are defaults for whichever kinds take them (buildenv_image: container, dind)."""
+        if self.ini_layer is None:
+            return None
+        keys = known_keys(kind)
+        return Layer({k: v for k, v in self.ini_layer.values.items() if k in keys}, self.ini_layer.base_dir, "ini")
 
     # --- environments ----------------------------------------------------
     def open(self, kind: str, settings: Settings, workspace: Path, test: str = "") -> BuildEnv:
@@ -115,11 +122,13 @@ class BuildEnvSession:
             from .backends.local import LocalEnv
 
             return LocalEnv(workspace, environment=settings.environment, timeout=settings.timeout)
-        if kind == "container":
+        if kind in ("container", "dind"):
             assert isinstance(settings, ContainerSettings)
             from .backends.container import ContainerEnv
+            from .backends.dind import DindEnv
 
-            return ContainerEnv(self.client, self.image_for(settings, kind), workspace, self.owner, test=test,
+            cls = DindEnv if kind == "dind" else ContainerEnv
+            return cls(self.client, self.image_for(settings, kind), workspace, self.owner, test=test,
                                 network=settings.network, ssh_agent=settings.ssh_agent,
                                 environment=settings.environment, timeout=settings.timeout)
         check_tooling(kind)  # raises BackendUnavailable for kinds this version lacks

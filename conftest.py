@@ -1,0 +1,37 @@
+"""Suite-wide: the test base images, pytester, and the closing check that nothing leaked."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+# Made by .ci/base-images without any registry.
+BUSYBOX = os.environ.get("BUILDENV_TEST_BUSYBOX", "buildenv-test/busybox:1")
+GCC = os.environ.get("BUILDENV_TEST_GCC", "buildenv-test/gcc:1")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """After the plugin's own sweep: fail the run if any labelled resource remains, or if the
+    sweep had to remove a per-test container (a fixture that did not clean up after itself)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    from pytest_buildenv.plugin import SESSION_KEY
+
+    bs = session.config.stash.get(SESSION_KEY, None)
+    if bs is None or not bs.uses_docker:
+        return
+    from pytest_buildenv.reaper import labelled_resources
+    from pytest_buildenv.naming import ANY_OWNED
+
+    leaked_containers = [f for f in bs.findings_at_end if f.resource == "container"]
+    remaining = [f"{r.resource} {r.name}" for r in labelled_resources(bs.client, ANY_OWNED)]
+    if leaked_containers or remaining:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for line in [f"container {f.name} outlived its test" for f in leaked_containers] + \
+                    [f"left behind: {r}" for r in remaining]:
+            reporter.write_line(f"LEAK: {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

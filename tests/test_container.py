@@ -1,0 +1,131 @@
+"""The `container` kind on the real engine: who the builder runs as, what it can see."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_buildenv import BuildCommandError, CommandTimeout
+
+GCC = "buildenv-test/gcc:1"
+HELLO = Path(__file__).parent.parent / "examples" / "hello"
+
+
+@pytest.mark.container(image=GCC)
+def test_hello_world_artifact_owned_by_invoking_user(builder_container):
+    env = builder_container
+    env.put(HELLO / "helloworld.c", "helloworld.c")
+    env.put(HELLO / "Makefile", "Makefile")
+    env.run("make helloworld_app", check=True)
+    app = env.artifact("helloworld_app")
+    assert app.executable and app.size > 1000
+    assert (app.uid, app.gid) == (os.getuid(), os.getgid())
+    host_file = env.workspace / "helloworld_app"
+    assert host_file.stat().st_uid == os.getuid()  # the real file on the host, not only the handle's view
+    assert subprocess.run([str(host_file)], capture_output=True, text=True).stdout == "Hello, world!\n"
+
+
+def test_runs_as_invoking_uid_gid_with_all_supplementary_groups(builder_container):
+    ids = builder_container.run("id -u; id -g; id -G", check=True).stdout.split("\n")
+    assert int(ids[0]) == os.getuid() and int(ids[1]) == os.getgid()
+    assert {int(g) for g in ids[2].split()} == {os.getgid(), *os.getgroups()}
+
+
+def test_passwd_and_group_are_the_hosts_and_read_only(builder_container):
+    import pwd
+
+    name = pwd.getpwuid(os.getuid()).pw_name
+    assert builder_container.run("id -un", check=True).stdout.strip() == name
+    result = builder_container.run("echo x >> /etc/passwd")
+    assert result.exit_code != 0 and "Read-only" in result.stderr
+
+
+def test_home_and_workdir_are_work(builder_container):
+    assert builder_container.run("echo $HOME; pwd", check=True).stdout == "/work\n/work\n"
+    assert str(builder_container.workdir) == "/work"
+    builder_container.run("echo data > made-inside", check=True)
+    assert (builder_container.workspace / "made-inside").read_text() == "data\n"
+
+
+def test_check_raises_with_output_tail(builder_container):
+    with pytest.raises(BuildCommandError, match="exited 7") as raised:
+        builder_container.run("echo building; echo 'cc: error: boom' >&2; exit 7", check=True)
+    assert "cc: error: boom" in str(raised.value)
+
+
+def test_timeout_kills_hung_command_and_its_children(builder_container):
+    with pytest.raises(CommandTimeout, match="timed out after 1 s"):
+        builder_container.run("sleep 300 & sleep 300", timeout=1)
+    survivors = builder_container.run("ps -o comm= | grep -c '^sleep' || true").stdout.split()
+    assert survivors == ["1"]  # only the container's own idle `sleep infinity`
+
+
+def test_put_get_binary_inside_and_outside_workspace(builder_container, tmp_path):
+    payload = os.urandom(300_000)
+    src = tmp_path / "blob.bin"
+    src.write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    for where in ("blob.bin", "/tmp/blob.bin"):
+        builder_container.put(src, where)
+        art = builder_container.artifact(where)
+        assert art.size == len(payload) and art.sha256 == digest and art.uid == os.getuid()
+        assert builder_container.run(["sha256sum", where], check=True).stdout.split()[0] == digest
+        back = builder_container.get(where, tmp_path / "back" / where.strip("/").replace("/", "_"))
+        assert back.read_bytes() == payload
+
+
+def test_artifact_outside_workspace_reports_mode(builder_container):
+    builder_container.run("mkdir -p /tmp/out && printf abc > /tmp/out/tool && chmod 750 /tmp/out/tool", check=True)
+    art = builder_container.artifact("/tmp/out/tool")
+    assert (art.mode, art.executable, art.read_text(), art.uid) == (0o750, True, "abc", os.getuid())
+    assert not builder_container.artifact("/tmp/out/none").exists
+
+
+def test_builder_has_no_docker_socket_and_is_not_privileged(builder_container):
+    assert builder_container.run("test -e /var/run/docker.sock").exit_code == 1
+    attrs = builder_container.container.attrs["HostConfig"]
+    assert attrs["Privileged"] is False and "no-new-privileges" in attrs["SecurityOpt"]
+    cap_eff = int(builder_container.run("grep -E '^CapEff' /proc/self/status").stdout.split()[1], 16)
+    cap_sys_admin = 1 << 21
+    assert cap_eff & cap_sys_admin == 0
+
+
+def test_labels_and_unique_name(builder_container):
+    labels = builder_container.container.labels
+    assert labels["pytest-buildenv.pid"] == str(os.getpid())
+    assert labels["pytest-buildenv.host"] == socket.gethostname()
+    assert labels["pytest-buildenv.session"] in builder_container.name
+    assert builder_container.container.name == builder_container.name
+
+
+@pytest.mark.container(network="none")
+def test_network_opt_out(builder_container):
+    assert builder_container.container.attrs["HostConfig"]["NetworkMode"] == "none"
+    assert builder_container.run("ip -o link 2>/dev/null | grep -v ' lo:' | grep -c . || true").stdout.strip() == "0"
+
+
+@pytest.fixture
+def ssh_agent(tmp_path_factory, monkeypatch):
+    """A real listening unix socket standing in for an agent: forwarding is a bind mount."""
+    sock_path = tmp_path_factory.mktemp("agent") / "agent.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    server.listen(1)
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock_path))
+    yield sock_path
+    server.close()
+
+
+@pytest.mark.usefixtures("ssh_agent")
+@pytest.mark.container(ssh_agent=True)
+def test_ssh_agent_forwarded_only_when_asked(builder_container):
+    assert builder_container.run("test -S $SSH_AUTH_SOCK").exit_code == 0
+
+
+def test_no_ssh_agent_by_default(builder_container):
+    assert builder_container.run("echo ${SSH_AUTH_SOCK:-none}").stdout == "none\n"
