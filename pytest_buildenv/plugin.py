@@ -141,6 +141,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     bs = _session(session.config)
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
+        bs.wait_for_teardown()
         workeroutput["buildenv_stats"] = bs.stats.as_dict()
     elif bs.is_session_owner:
         bs.finish()

@@ -163,9 +163,19 @@ class BuildEnvSession:
         """Remove whatever this session still owns: a crashed worker's leftovers, shared images."""
         from .reaper import reap
 
+        self.wait_for_teardown()
         found = [] if self.owner.keep or not self.uses_docker else reap(self.client, session=self.owner.session, force=True)
         self.shared.remove()
         return found
+
+    def wait_for_teardown(self) -> None:
+        """Containers are removed in the background; this is where the session waits for them."""
+        if self._client is not None:
+            from .backends.container import wait_for_removals
+
+            started = time.monotonic()
+            wait_for_removals()
+            self.stats.teardown_seconds += time.monotonic() - started
 
     def finish(self) -> None:
         """Session owner, at the very end: sweep, then count what is still there."""

@@ -13,6 +13,7 @@ import os
 import secrets
 import tarfile
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
@@ -217,10 +218,35 @@ class ContainerEnv(BuildEnv):
 
     # --- lifetime --------------------------------------------------------
     def close(self) -> None:
+        """Schedule removal off the test's critical path; `wait_for_removals()` joins it."""
         if self._closed:
             return
         self._closed = True
-        remove_container(self.client, self.id)
+        _pending.append(_removals().submit(remove_container, self.client, self.id))
+
+
+# Removing a container costs about as much as starting one; nobody needs to wait
+# for it but the end of the session. Executor threads are joined at interpreter
+# exit, and the session sweep removes anything labelled that is still there.
+_executor: Optional[ThreadPoolExecutor] = None
+_pending: list[Future[None]] = []
+
+
+def _removals() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="buildenv-remove")
+    return _executor
+
+
+def wait_for_removals() -> list[BaseException]:
+    """Block until every scheduled removal is done; return the errors they raised."""
+    errors = []
+    while _pending:
+        error = _pending.pop().exception()
+        if error is not None:
+            errors.append(error)
+    return errors
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:
