@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from .engine import daemon_errors
+from .events import emit
 from .errors import ConfigError, ImageBuildError, tail
 from .naming import Owner, slug
 
@@ -155,4 +156,5 @@ class ImageBuilder:
                     log.append(line)
                     if line.strip():
                         self.progress(line.rstrip())
+        emit("created", "image", tag, self.owner.session)
         return tag

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
+from .events import emit
 from .naming import ANY_OWNED, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION, session_filter
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ def reap(client: docker.DockerClient, *, dry_run: bool = False, session: Optiona
                                    include_kept=include_kept)
         if action == "remove" and not dry_run:
             item.remove()
+            emit("reaped", item.resource, item.name, item.labels.get(LABEL_SESSION, "?"), reason=reason)
         findings.append(Finding(item.resource, item.ident, item.name,
                                 item.labels.get(LABEL_SESSION, "?"), action, reason))
     return findings

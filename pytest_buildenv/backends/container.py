@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 from ..engine import daemon_errors
+from ..events import emit
 from ..errors import BackendUnavailable, ConfigError
 from ..naming import Owner
 from ..result import FileInfo
@@ -91,6 +92,7 @@ class ContainerEnv(BuildEnv):
             all_mounts.append(self._ssh_agent_mount())
             env["SSH_AUTH_SOCK"] = SSH_AGENT_TARGET
         self.id = self._start(all_mounts, env, network, group_add, owner.labels(self.kind, test))
+        emit("created", "container", self.name, owner.session, kind=self.kind)
         self._container: Optional[Container] = None
         self._closed = False
 
@@ -213,8 +215,11 @@ class ContainerEnv(BuildEnv):
             top = source.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             for member in archive.getmembers():
-                member.name = str(PurePosixPath(dest.name) / PurePosixPath(member.name).relative_to(top))
-                archive.extract(member, dest.parent, set_attrs=False, filter="data")
+                relative = PurePosixPath(member.name).relative_to(top)
+                if ".." in relative.parts or (member.islnk() or member.issym()) and member.linkname.startswith("/"):
+                    continue  # never write outside dest, whatever the archive says
+                member.name = str(PurePosixPath(dest.name) / relative)
+                archive.extract(member, dest.parent, set_attrs=False)
 
     # --- lifetime --------------------------------------------------------
     def close(self) -> None:
@@ -223,6 +228,7 @@ class ContainerEnv(BuildEnv):
             return
         self._closed = True
         _pending.append(_removals().submit(remove_container, self.client, self.id))
+        emit("removed", "container", self.name, self.owner.session, kind=self.kind)
 
 
 # Removing a container costs about as much as starting one; nobody needs to wait
