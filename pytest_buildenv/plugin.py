@@ -247,7 +247,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
     text = transcript_text(envs)
     report.sections.append((SECTION, text))
-    report.user_properties.append(("buildenv_transcript", text))
+    item.user_properties.append(("buildenv_transcript", text))  # junitxml reads them at teardown
     artifacts = item.config.option.buildenv_artifacts
     if artifacts:
         save_artifacts(envs, item.nodeid, Path(artifacts))

@@ -1,0 +1,64 @@
+"""What a failing test leaves behind for a human: transcript, junitxml, artifacts, doctor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+FAILING = """
+def test_build_breaks(buildenv):
+    buildenv.run("echo compiling-step-output; echo artefact > out.bin")
+    buildenv.run("echo 'ld: undefined reference' >&2; exit 1")
+    assert buildenv.artifact("app").exists
+"""
+
+
+def test_failing_test_carries_its_transcript_to_terminal_and_junitxml(pytester):
+    pytester.makepyfile(FAILING)
+    result = pytester.runpytest("--junitxml=report.xml")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*- buildenv transcript -*", "*local environment, workspace*",
+                                 "[[]1[]] $ echo compiling-step-output*", "*compiling-step-output",
+                                 "[[]2[]] $ echo 'ld: undefined reference' >&2; exit 1  (exit 1*",
+                                 "*ld: undefined reference"])
+    tree = ET.parse(pytester.path / "report.xml")
+    props = {p.get("name"): p.get("value") for p in tree.iter("property")}
+    assert "compiling-step-output" in props["buildenv_transcript"]
+    assert "ld: undefined reference" in props["buildenv_transcript"]
+
+
+def test_passing_test_carries_no_transcript(pytester):
+    pytester.makepyfile("def test_ok(buildenv):\n    buildenv.run('echo quiet-output')\n")
+    result = pytester.runpytest("--junitxml=report.xml")
+    result.assert_outcomes(passed=1)
+    assert "buildenv transcript" not in result.stdout.str()
+    assert "quiet-output" not in (pytester.path / "report.xml").read_text()
+
+
+def test_artifacts_directory_gets_workspace_and_transcript(pytester):
+    pytester.makepyfile(FAILING)
+    result = pytester.runpytest("--buildenv-artifacts=artifacts")
+    result.assert_outcomes(failed=1)
+    saved = pytester.path / "artifacts" / "test_artifacts_directory_gets_workspace_and_transcript.py_test_build_breaks_local"
+    assert sorted(p.name for p in saved.iterdir()) == ["transcript-local.txt", "workspace-local"]
+    assert (saved / "workspace-local" / "out.bin").read_text() == "artefact\n"
+    assert "ld: undefined reference" in (saved / "transcript-local.txt").read_text()
+
+
+def test_doctor_with_daemon_up_and_pointing_nowhere():
+    up = subprocess.run([sys.executable, "-m", "pytest_buildenv", "doctor", "--buildenv=local,container"],
+                        capture_output=True, text=True)
+    assert up.returncode == 0, up.stdout
+    lines = up.stdout.splitlines()
+    assert lines[0].startswith("local     available")
+    assert lines[1].startswith("container available: Docker engine ")
+    assert any(line.startswith("kind      unavailable") for line in lines)
+    import os
+
+    down = subprocess.run([sys.executable, "-m", "pytest_buildenv", "doctor", "--buildenv=container"],
+                          capture_output=True, text=True, env={**os.environ, "DOCKER_HOST": "unix:///nowhere.sock"})
+    assert down.returncode == 1
+    assert "container unavailable: Docker daemon unreachable at unix:///nowhere.sock" in down.stdout
+    assert "fix: fix or unset DOCKER_HOST" in down.stdout
+    assert down.stdout.splitlines()[-1] == "required but unavailable: container"
