@@ -62,3 +62,20 @@ def test_doctor_with_daemon_up_and_pointing_nowhere():
     assert "container unavailable: Docker daemon unreachable at unix:///nowhere.sock" in down.stdout
     assert "fix: fix or unset DOCKER_HOST" in down.stdout
     assert down.stdout.splitlines()[-1] == "required but unavailable: container"
+
+
+def test_image_build_progress_shows_without_s_and_hides_with_q(pytester):
+    pytester.makefile("", Dockerfile="FROM buildenv-test/busybox:1\nRUN echo progress-step\n")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.container(dockerfile="Dockerfile")
+        def test_built(builder_container):
+            assert builder_container.run("true").ok
+    """)
+    loud = pytester.runpytest("--buildenv=container")
+    loud.assert_outcomes(passed=1)
+    loud.stdout.fnmatch_lines(["[[]buildenv[]] building buildenv/dockerfile:*", "[[]buildenv[]] *RUN echo progress-step*"])
+    quiet = pytester.runpytest("--buildenv=container", "-q")
+    quiet.assert_outcomes(passed=1)
+    assert "[buildenv]" not in quiet.stdout.str()
