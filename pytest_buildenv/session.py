@@ -22,6 +22,7 @@ from .sharing import SharedState
 if TYPE_CHECKING:
     import docker
 
+    from .hostpaths import HostPaths
     from .images import ImageBuilder
     from .reaper import Finding
 
@@ -67,6 +68,7 @@ class BuildEnvSession:
         self.stats = Stats()
         self._client: Optional[docker.DockerClient] = None
         self._images: Optional[ImageBuilder] = None
+        self._host_paths: Optional[HostPaths] = None
 
     # --- tooling ---------------------------------------------------------
     def check_explicit_kinds(self) -> None:
@@ -86,6 +88,15 @@ class BuildEnvSession:
 
             self._client = connect()
         return self._client
+
+    @property
+    def host_paths(self) -> HostPaths:
+        """How the daemon sees our paths (different when pytest runs in a runner container)."""
+        if self._host_paths is None:
+            from .hostpaths import detect
+
+            self._host_paths = detect(self.client)
+        return self._host_paths
 
     @property
     def images(self) -> ImageBuilder:
@@ -129,8 +140,8 @@ class BuildEnvSession:
 
             cls = DindEnv if kind == "dind" else ContainerEnv
             return cls(self.client, self.image_for(settings, kind), workspace, self.owner, test=test,
-                                network=settings.network, ssh_agent=settings.ssh_agent,
-                                environment=settings.environment, timeout=settings.timeout)
+                       network=settings.network, ssh_agent=settings.ssh_agent, to_host=self.host_paths.to_host,
+                       environment=settings.environment, timeout=settings.timeout)
         check_tooling(kind)  # raises BackendUnavailable for kinds this version lacks
         raise ConfigError(f"cannot make a {kind} environment")
 

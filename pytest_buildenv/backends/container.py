@@ -83,10 +83,7 @@ class ContainerEnv(BuildEnv):
         self.user = user or InvokingUser()
         self.name = owner.name(self.kind, test.rsplit("::", 1)[-1])
         self._to_host = to_host
-        all_mounts = [Mount(to_host(self.workspace), str(WORKDIR)),
-                      Mount(to_host(Path("/etc/passwd")), "/etc/passwd", read_only=True),
-                      Mount(to_host(Path("/etc/group")), "/etc/group", read_only=True),
-                      *mounts]
+        all_mounts = [Mount(to_host(self.workspace), str(WORKDIR)), *self._identity_mounts(), *mounts]
         env = {"HOME": str(WORKDIR)}
         if ssh_agent:
             all_mounts.append(self._ssh_agent_mount())
@@ -95,6 +92,25 @@ class ContainerEnv(BuildEnv):
         emit("created", "container", self.name, owner.session, kind=self.kind)
         self._container: Optional[Container] = None
         self._closed = False
+
+    def _identity_mounts(self) -> list[Mount]:
+        """/etc/passwd and /etc/group, read-only, so the invoking user has a name inside.
+
+        Inside a runner container they are the runner's own files, which the
+        host cannot mount: then a copy beside the workspace (on a mount) is used.
+        """
+        mounts = []
+        for name in ("passwd", "group"):
+            source = Path("/etc") / name
+            try:
+                host = self._to_host(source)
+            except ConfigError:
+                copy = self.workspace.parent / ".buildenv-etc" / name
+                copy.parent.mkdir(exist_ok=True)
+                copy.write_bytes(source.read_bytes())
+                host = self._to_host(copy)
+            mounts.append(Mount(host, str(source), read_only=True))
+        return mounts
 
     def _ssh_agent_mount(self) -> Mount:
         sock = os.environ.get("SSH_AUTH_SOCK")
