@@ -38,8 +38,17 @@ class ContainerSettings(LocalSettings):
     ssh_agent: bool = False
 
 
-Settings = Union[LocalSettings, ContainerSettings]
-SETTINGS: dict[str, type] = {"local": LocalSettings, "container": ContainerSettings, "dind": ContainerSettings}
+@dataclass(frozen=True)
+class KindSettings(LocalSettings):
+    image: Optional[str] = None  # node image (kind create cluster --image)
+    config: Union[Path, dict[str, Any], None] = None  # a kind Cluster config: file or mapping
+    wait: str = "120s"
+    cluster: Optional[str] = None  # reuse this existing cluster; it is then never deleted
+
+
+Settings = Union[LocalSettings, ContainerSettings, KindSettings]
+SETTINGS: dict[str, type] = {"local": LocalSettings, "container": ContainerSettings, "dind": ContainerSettings,
+                             "kind": KindSettings}
 
 
 def known_keys(kind: str) -> list[str]:
@@ -122,7 +131,7 @@ def merge(kind: str, layers: list[Layer]) -> Settings:
     for layer in layers:
         check_keys(kind, layer)
         for key, value in layer.values.items():
-            if key in PATH_KEYS and value is not None:
+            if key in PATH_KEYS and isinstance(value, (str, Path)):
                 value = (layer.base_dir / str(value)).resolve()
             values[key] = value
     for key in ("environment", "build_args"):

@@ -25,6 +25,8 @@ LABEL_VERSION = f"{PREFIX}.version"
 LABEL_KEEP = f"{PREFIX}.keep"
 LABEL_KIND = f"{PREFIX}.kind"
 LABEL_TEST = f"{PREFIX}.test"
+LABEL_CLUSTER = f"{PREFIX}.cluster"  # on the volume that shadows a KIND cluster we created
+KIND_CLUSTER_LABEL = "io.x-k8s.kind.cluster"  # kind's own label on its node containers
 
 # Names shared by Docker containers, images, networks and KIND clusters must
 # satisfy the strictest of them: kind wants ^[a-z0-9.-]+$.

@@ -16,7 +16,7 @@ from .naming import Owner, new_session_id
 SESSION_KEY = pytest.StashKey["Any"]()
 ENVS_KEY = pytest.StashKey[list]()
 
-FIXTURE_KINDS = {"builder_container": "container", "dind_sibling": "dind"}
+FIXTURE_KINDS = {"builder_container": "container", "dind_sibling": "dind", "kind_cluster": "kind"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,6 +27,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="keep every environment and print how to reach and remove it")
     group.addoption("--buildenv-artifacts", default=None, metavar="DIR",
                     help="copy a failing test's workspace and logs to DIR/<test id>/")
+    group.addoption("--kind-bin", default="kind", metavar="PATH", help="the kind executable (default: kind on PATH)")
+    group.addoption("--kind-image", default=None, metavar="IMAGE", help="KIND node image (kind create cluster --image)")
+    group.addoption("--kind-cluster", default=None, metavar="NAME",
+                    help="reuse this existing KIND cluster instead of creating one; it is never deleted")
     parser.addini("buildenv", "kinds enabled by default (overridden by PYTEST_BUILDENV and --buildenv)")
     parser.addini("buildenv_config", "settings file with one section per kind (default: buildenv.yaml in rootdir)")
     parser.addini("buildenv_image", "default image for container and dind")
@@ -63,17 +67,33 @@ def _make_session(config: pytest.Config) -> Any:
     else:
         session_id, session_pid = new_session_id(), os.getpid()
     text, source = _selection_text(config)
-    keep = config.option.buildenv_keep
-    ini = {"image": config.getini("buildenv_image") or None, "timeout": config.getini("buildenv_timeout") or None}
+    keep, kind_bin = config.option.buildenv_keep, config.option.kind_bin
+    artifacts = config.option.buildenv_artifacts
     return BuildEnvSession(
-        parse_selection(text, source, available),
+        parse_selection(text, source, lambda kind: available(kind, kind_bin)),
         Owner(session_id, keep=keep),
         session_owner=Owner(session_id, pid=session_pid, keep=keep),
         file_layers=_config_file_layers(config),
-        ini_layer=Layer({k: v for k, v in ini.items() if v is not None}, config.rootpath, "ini"),
+        ini_layers=_ini_layers(config),
         is_session_owner=not workerinput,
+        kind_bin=kind_bin,
+        artifacts_dir=Path(artifacts).resolve() if artifacts else None,
         progress=_progress_writer(config),
     )
+
+
+def _ini_layers(config: pytest.Config) -> dict[str, Layer]:
+    """Defaults from ini and command-line options, weakest of the settings layers."""
+    timeout = config.getini("buildenv_timeout") or None
+    image = config.getini("buildenv_image") or None
+    per_kind = {
+        "local": {"timeout": timeout},
+        "container": {"timeout": timeout, "image": image},
+        "dind": {"timeout": timeout, "image": image},
+        "kind": {"timeout": timeout, "image": config.option.kind_image, "cluster": config.option.kind_cluster},
+    }
+    return {kind: Layer({k: v for k, v in values.items() if v is not None}, config.rootpath, "ini and options")
+            for kind, values in per_kind.items()}
 
 
 def _selection_text(config: pytest.Config) -> tuple[Optional[str], str]:
@@ -135,6 +155,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     stats = getattr(node, "workeroutput", {}).get("buildenv_stats")
     if stats:
         _session(node.config).stats.add(stats)
+    if getattr(node, "workeroutput", {}).get("buildenv_failed"):
+        _session(node.config).failed = True
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -143,6 +165,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:
         bs.wait_for_teardown()
         workeroutput["buildenv_stats"] = bs.stats.as_dict()
+        workeroutput["buildenv_failed"] = bs.failed
     elif bs.is_session_owner:
         bs.finish()
 
@@ -235,12 +258,21 @@ def dind_sibling(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any
     yield from _open_env(request, "dind", _workspace(tmp_path))
 
 
+@pytest.fixture
+def kind_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The run's throwaway KIND cluster (one per distinct settings, shared by all xdist workers)."""
+    for env in _open_env(request, "kind", _workspace(tmp_path)):
+        yield env.cluster
+
+
 # --- reports ---------------------------------------------------------------------
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
     envs = item.stash.get(ENVS_KEY, None)
+    if report.failed:
+        _session(item.config).failed = True
     if not envs or not report.failed or report.when == "teardown":
         return
     from .reports import SECTION, save_artifacts, transcript_text

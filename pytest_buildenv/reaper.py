@@ -18,10 +18,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from .events import emit
-from .naming import ANY_OWNED, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION, session_filter
+from .naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION, session_filter
 
 if TYPE_CHECKING:
     import docker
@@ -136,12 +136,25 @@ def labelled_resources(client: docker.DockerClient, filters: dict[str, list[str]
         yield Labelled("network", n["Id"], n["Name"], n.get("Labels") or {},
                        quietly(lambda nid=n["Id"]: api.remove_network(nid)))
     for v in api.volumes(filters=filters).get("Volumes") or []:
-        yield Labelled("volume", v["Name"], v["Name"], v.get("Labels") or {},
+        labels = v.get("Labels") or {}
+        if LABEL_CLUSTER in labels:  # the shadow of a KIND cluster: remove its nodes with it
+            cluster = labels[LABEL_CLUSTER]
+            yield Labelled("cluster", v["Name"], cluster, labels,
+                           quietly(lambda name=v["Name"], cluster=cluster: _remove_cluster(api, cluster, name)))
+            continue
+        yield Labelled("volume", v["Name"], v["Name"], labels,
                        quietly(lambda name=v["Name"]: api.remove_volume(name, force=True)))
     for i in api.images(filters=filters):
         name = (i.get("RepoTags") or [i["Id"]])[0]
         yield Labelled("image", i["Id"], name, i.get("Labels") or {},
                        quietly(lambda iid=i["Id"]: api.remove_image(iid, force=True)))
+
+
+def _remove_cluster(api: Any, cluster: str, shadow_volume: str) -> None:
+    """What `kind delete cluster` does to the engine: remove the nodes; then the shadow."""
+    for node in api.containers(all=True, filters={"label": [f"{KIND_CLUSTER_LABEL}={cluster}"]}):
+        api.remove_container(node["Id"], force=True, v=True)
+    api.remove_volume(shadow_volume, force=True)
 
 
 def judge(labels: dict[str, str], *, this_host: str, foreign_max_age: Optional[float],

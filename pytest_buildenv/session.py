@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from .backends import check_tooling
 from .backends.base import BuildEnv
-from .config import DOCKER_KINDS, ContainerSettings, Layer, Selection, Settings, known_keys, merge
+from .config import DOCKER_KINDS, ContainerSettings, KindSettings, Layer, Selection, Settings, merge
 from .errors import ConfigError
 from .naming import Owner
 from .sharing import SharedState
@@ -22,6 +22,7 @@ from .sharing import SharedState
 if TYPE_CHECKING:
     import docker
 
+    from .backends.kind import KindCluster
     from .hostpaths import HostPaths
     from .images import ImageBuilder
     from .reaper import Finding
@@ -50,7 +51,8 @@ class Stats:
 class BuildEnvSession:
     def __init__(self, selection: Selection, owner: Owner, *, session_owner: Optional[Owner] = None,
                  file_layers: Optional[dict[str, Layer]] = None,
-                 ini_layer: Optional[Layer] = None, is_session_owner: bool = True,
+                 ini_layers: Optional[dict[str, Layer]] = None, is_session_owner: bool = True,
+                 kind_bin: str = "kind", artifacts_dir: Optional[Path] = None,
                  progress: Optional[Progress] = None) -> None:
         self.selection = selection
         self.owner = owner
@@ -61,7 +63,11 @@ class BuildEnvSession:
         self.findings_at_end: list[Finding] = []
         self.left_behind = 0
         self.file_layers = file_layers or {}
-        self.ini_layer = ini_layer
+        self.ini_layers = ini_layers or {}
+        self.kind_bin = kind_bin
+        self.artifacts_dir = artifacts_dir
+        self.failed = False  # set by the plugin: a failed run exports cluster logs
+        self._clusters: dict[str, KindCluster] = {}
         self.is_session_owner = is_session_owner
         self.progress = progress or (lambda line: None)
         self.shared = SharedState(owner.session)
@@ -75,7 +81,7 @@ class BuildEnvSession:
         """An explicitly enabled kind with missing tooling is an error, never a skip."""
         if self.selection.explicit:
             for kind in self.selection.kinds:
-                check_tooling(kind)
+                check_tooling(kind, self.kind_bin)
 
     @property
     def uses_docker(self) -> bool:
@@ -108,17 +114,10 @@ class BuildEnvSession:
 
     # --- settings --------------------------------------------------------
     def settings(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path, test: str = "") -> Settings:
-        layers = [layer for layer in (self._ini_for(kind), self.file_layers.get(kind)) if layer is not None]
+        layers = [layer for layer in (self.ini_layers.get(kind), self.file_layers.get(kind)) if layer is not None]
         if marker_values:
             layers.append(Layer(marker_values, test_dir, f"@pytest.mark.{kind} of {test or test_dir}"))
         return merge(kind, layers)
-
-    def _ini_for(self, kind: str) -> Optional[Layer]:
-        """ini settings are defaults for whichever kinds take them (buildenv_image: container, dind)."""
-        if self.ini_layer is None:
-            return None
-        keys = known_keys(kind)
-        return Layer({k: v for k, v in self.ini_layer.values.items() if k in keys}, self.ini_layer.base_dir, "ini")
 
     # --- environments ----------------------------------------------------
     def open(self, kind: str, settings: Settings, workspace: Path, test: str = "") -> BuildEnv:
@@ -142,8 +141,64 @@ class BuildEnvSession:
             return cls(self.client, self.image_for(settings, kind), workspace, self.owner, test=test,
                        network=settings.network, ssh_agent=settings.ssh_agent, to_host=self.host_paths.to_host,
                        environment=settings.environment, timeout=settings.timeout)
-        check_tooling(kind)  # raises BackendUnavailable for kinds this version lacks
+        if kind == "kind":
+            assert isinstance(settings, KindSettings)
+            from .backends.kind import KindEnv
+
+            return KindEnv(workspace, self.cluster_for(settings), environment=settings.environment,
+                           timeout=settings.timeout)
+        check_tooling(kind, self.kind_bin)  # raises BackendUnavailable for kinds this version lacks
         raise ConfigError(f"cannot make a {kind} environment")
+
+    def cluster_for(self, settings: KindSettings) -> KindCluster:
+        """The session's cluster for these settings: created by the first process that asks."""
+        import hashlib
+        import json
+
+        from .backends.kind import KindCluster
+
+        key = hashlib.sha256(json.dumps([settings.image, settings.config, settings.wait, settings.cluster],
+                                        default=str).encode()).hexdigest()[:8]
+        if key not in self._clusters:
+            def create() -> dict[str, Any]:
+                name = settings.cluster or f"buildenv-{self.owner.session}-{key[:6]}"
+                self.progress(f"creating KIND cluster {name}" if not settings.cluster else f"reusing KIND cluster {name}")
+                cluster = self._cluster(name, settings, reuse=bool(settings.cluster))
+                cluster.create()
+                return {"type": "kind", "name": name, "reuse": bool(settings.cluster),
+                        "image": settings.image, "config": settings.config, "wait": settings.wait}
+
+            record = self.shared.get_or_create(f"kind-{key}", create)
+            self._clusters[key] = self._cluster(record["name"], settings, reuse=record["reuse"])
+        return self._clusters[key]
+
+    def _cluster(self, name: str, settings: Any, reuse: bool) -> KindCluster:
+        from .backends.kind import KindCluster
+
+        config = settings.config if isinstance(settings, KindSettings) else settings.get("config")
+        return KindCluster(name, self.shared.directory, kind_bin=self.kind_bin, image=getattr(settings, "image", None),
+                           config=config, wait=getattr(settings, "wait", "120s"), reuse=reuse,
+                           owner=self.session_owner, client=self.client)
+
+    def teardown_clusters(self) -> list[str]:
+        """Session owner, at the end: export logs if anything failed, then delete each cluster we made."""
+        from .backends.kind import KindCluster
+
+        done = []
+        for record in self.shared.records().values():
+            if record.get("type") != "kind":
+                continue
+            cluster = KindCluster(record["name"], self.shared.directory, kind_bin=self.kind_bin,
+                                  reuse=record["reuse"], owner=self.session_owner, client=self.client)
+            if self.failed and self.artifacts_dir is not None:
+                cluster.export_logs(self.artifacts_dir / f"kind-{cluster.name}")
+            if self.owner.keep:
+                self.stats.kept.append(f"kind cluster {cluster.name}: KUBECONFIG={cluster.kubeconfig} "
+                                       f"(kind delete cluster --name {cluster.name})")
+            elif not record["reuse"]:
+                cluster.delete()
+                done.append(cluster.name)
+        return done
 
     def image_for(self, settings: ContainerSettings, kind: str) -> str:
         from .images import BuildSpec
@@ -175,7 +230,11 @@ class BuildEnvSession:
         from .reaper import reap
 
         self.wait_for_teardown()
-        found = [] if self.owner.keep or not self.uses_docker else reap(self.client, session=self.owner.session, force=True)
+        if "kind" in self.selection.kinds:
+            self.teardown_clusters()
+        if self.owner.keep:
+            return []  # kept: the shared directory still holds the kept clusters' kubeconfigs
+        found = reap(self.client, session=self.owner.session, force=True) if self.uses_docker else []
         self.shared.remove()
         return found
 

@@ -1,0 +1,314 @@
+"""`kind`: a throwaway KIND cluster, and a workspace whose commands see it via KUBECONFIG.
+
+`KindCluster` works without pytest. The kind, kubectl and helm CLIs have no
+Python API: they run with argument lists (never a shell). The Kubernetes API is
+reached with the kubernetes client (the `kind` extra), imported on first use.
+
+kind labels its node containers with io.x-k8s.kind.cluster=<name> but takes no
+labels of ours, so each cluster we create is shadowed by a tiny labelled Docker
+volume naming it: the reaper finds the volume, and removes the cluster's node
+containers with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union
+
+from ..errors import ClusterError, ConfigError, tail
+from ..events import emit
+from ..naming import LABEL_CLUSTER, Owner
+from ..result import Result
+from .local import LocalEnv
+
+if TYPE_CHECKING:
+    import docker
+
+NAME_RE = re.compile(r"^[a-z0-9.-]+$")
+NAME_MAX = 50  # kind appends "-control-plane" to make a hostname (max 64)
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"KIND cluster name {name!r} is invalid; use only a-z, 0-9, '.' and '-'")
+    if len(name) > NAME_MAX:
+        raise ConfigError(f"KIND cluster name {name!r} is {len(name)} characters; kind allows {NAME_MAX}")
+    return name
+
+
+def validate_config(config: Union[Path, Mapping[str, Any], None]) -> Optional[dict[str, Any]]:
+    """A kind Cluster config as a dict (from a path or a mapping), checked before kind sees it."""
+    import yaml
+
+    if config is None:
+        return None
+    if isinstance(config, Path):
+        if not config.is_file():
+            raise ConfigError(f"KIND config {config} not found; fix config=")
+        try:
+            data = yaml.safe_load(config.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"KIND config {config} is not valid YAML ({str(exc).splitlines()[0]}); fix the file") from exc
+    else:
+        data = dict(config)
+    if not isinstance(data, dict) or data.get("kind") != "Cluster" or not str(data.get("apiVersion", "")).startswith("kind.x-k8s.io/"):
+        raise ConfigError("KIND config must be a mapping with kind: Cluster and apiVersion: kind.x-k8s.io/v1alpha4")
+    return data
+
+
+def _run(argv: Sequence[str], *, timeout: Optional[float] = None, env: Optional[Mapping[str, str]] = None) -> Result:
+    import os
+
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+    except FileNotFoundError as exc:
+        raise ClusterError(f"{argv[0]} not found; install it or point the plugin at it (--kind-bin)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"{' '.join(argv[:3])} timed out after {timeout:g} s") from exc
+    return Result(" ".join(argv), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def _last_error(result: Result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or [f"exit {result.exit_code}"])[-1].strip()
+
+
+class KindCluster:
+    """One KIND cluster: created (or reused by name), used, deleted."""
+
+    def __init__(self, name: str, state_dir: Path, *, kind_bin: str = "kind", image: Optional[str] = None,
+                 config: Union[Path, Mapping[str, Any], None] = None, wait: str = "120s", reuse: bool = False,
+                 kubectl_bin: str = "kubectl", helm_bin: str = "helm", owner: Optional[Owner] = None,
+                 client: Optional[docker.DockerClient] = None) -> None:
+        self.name = validate_name(name)
+        self.state_dir = Path(state_dir)
+        self.kind_bin, self.kubectl_bin, self.helm_bin = kind_bin, kubectl_bin, helm_bin
+        self.image, self.wait, self.reuse = image, wait, reuse
+        self.config = validate_config(config)
+        self.kubeconfig = self.state_dir / f"kubeconfig-{name}"
+        self.owner = owner
+        self.client = client
+        self._api: Any = None
+
+    # --- lifecycle -------------------------------------------------------
+    def create(self) -> KindCluster:
+        """Create the cluster (or, when reusing, fetch its kubeconfig). Never touches ~/.kube/config."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.reuse:
+            result = self._kind("get", "kubeconfig", "--name", self.name)
+            if not result.ok:
+                raise ClusterError(f"cannot reuse KIND cluster {self.name!r}: {_last_error(result)}; "
+                                   "check `kind get clusters` or drop --kind-cluster")
+            self.kubeconfig.write_text(result.stdout)
+            return self
+        argv = ["create", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig), "--wait", self.wait]
+        if self.image:
+            argv += ["--image", self.image]
+        if self.config is not None:
+            import yaml
+
+            config_path = self.state_dir / f"kind-config-{self.name}.yaml"
+            config_path.write_text(yaml.safe_dump(self.config))
+            argv += ["--config", str(config_path)]
+        self._shadow()  # before creating: a SIGKILL mid-create still leaves something to reap
+        result = self._kind(*argv)
+        if not result.ok:
+            self._unshadow()
+            raise ClusterError(f"kind create cluster {self.name} failed: {_last_error(result)}\n{tail(result.stderr)}")
+        emit("created", "cluster", self.name, self.owner.session if self.owner else "")
+        return self
+
+    def delete(self) -> None:
+        """Delete the cluster; a reused cluster is never deleted."""
+        if self.reuse:
+            return
+        result = self._kind("delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig))
+        if not result.ok:
+            raise ClusterError(f"kind delete cluster {self.name} failed: {_last_error(result)}")
+        self._unshadow()
+        emit("removed", "cluster", self.name, self.owner.session if self.owner else "")
+
+    def export_logs(self, dest: Path) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        result = self._kind("export", "logs", str(dest), "--name", self.name)
+        if not result.ok:
+            raise ClusterError(f"kind export logs for {self.name} failed: {_last_error(result)}")
+        return dest
+
+    def __enter__(self) -> KindCluster:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()
+
+    def _kind(self, *args: str, timeout: Optional[float] = 900) -> Result:
+        return _run([self.kind_bin, *args], timeout=timeout)
+
+    # The labelled volume that lets the reaper find a cluster whose owner died.
+    def _shadow(self) -> None:
+        if self.owner is None or self.client is None:
+            return
+        labels = {**self.owner.labels("kind"), LABEL_CLUSTER: self.name}
+        self.client.api.create_volume(name=f"{self.name}-owner", labels=labels)
+
+    def _unshadow(self) -> None:
+        if self.owner is None or self.client is None:
+            return
+        import docker
+
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_volume(f"{self.name}-owner", force=True)
+
+    # --- use -------------------------------------------------------------
+    def kubectl(self, *args: str, check: bool = True, timeout: Optional[float] = 300) -> Result:
+        result = _run([self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), *args], timeout=timeout)
+        return result.check() if check else result
+
+    @property
+    def api(self) -> Any:
+        """A kubernetes ApiClient for this cluster (needs the `kind` extra)."""
+        if self._api is None:
+            try:
+                from kubernetes import config as kube_config
+            except ImportError as exc:
+                raise ConfigError("the kubernetes client is missing; pip install 'pytest-buildenv[kind]'") from exc
+            self._api = kube_config.new_client_from_config(config_file=str(self.kubeconfig))
+        return self._api
+
+    def load_image(self, tag_or_archive: str) -> None:
+        """`kind load image-archive` for a file, else `kind load docker-image` for a local tag."""
+        if Path(tag_or_archive).is_file():
+            result = self._kind("load", "image-archive", str(tag_or_archive), "--name", self.name)
+        else:
+            if self.client is not None:
+                import docker
+
+                try:
+                    self.client.images.get(tag_or_archive)
+                except docker.errors.ImageNotFound:
+                    raise ClusterError(f"image {tag_or_archive!r} is not present locally; build or pull it "
+                                       "before load_image()") from None
+            result = self._kind("load", "docker-image", tag_or_archive, "--name", self.name)
+        if not result.ok:
+            raise ClusterError(f"kind load of {tag_or_archive} into {self.name} failed: {_last_error(result)}")
+
+    def apply(self, manifest: Union[str, Path], namespace: str = "default") -> list[Any]:
+        """Create every object of a (multi-document) manifest, given as a path or as YAML text."""
+        import yaml
+        from kubernetes import utils
+
+        text = manifest.read_text() if isinstance(manifest, Path) else str(manifest)
+        if "\n" not in text and Path(text).is_file():
+            text = Path(text).read_text()
+        created = []
+        for document in yaml.safe_load_all(text):
+            if document:
+                created.extend(utils.create_from_dict(self.api, document, namespace=namespace))
+        return created
+
+    def helm_install(self, release: str, chart: str, values: Optional[Mapping[str, Any]] = None,
+                     namespace: Optional[str] = None, timeout: str = "5m") -> Result:
+        argv = [self.helm_bin, "upgrade", "--install", release, chart, "--kubeconfig", str(self.kubeconfig),
+                "--wait", "--timeout", timeout]
+        if namespace:
+            argv += ["--namespace", namespace, "--create-namespace"]
+        if values:
+            import yaml
+
+            values_file = self.state_dir / f"values-{release}.yaml"
+            values_file.write_text(yaml.safe_dump(dict(values)))
+            argv += ["--values", str(values_file)]
+        result = _run(argv, timeout=None)
+        if not result.ok:
+            raise ClusterError(f"helm install {release} ({chart}) failed: {_last_error(result)}\n{tail(result.stderr)}")
+        return result
+
+    def wait_ready(self, what: str = "deployment", name: Optional[str] = None, namespace: str = "default",
+                   timeout: float = 180, interval: float = 0.5) -> None:
+        """Poll the API until deployments, pods or nodes are ready; else say which are not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = self._not_ready(what, name, namespace)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"not ready after {timeout:g} s in {self.name}: {', '.join(pending)}")
+            time.sleep(interval)
+
+    def _not_ready(self, what: str, name: Optional[str], namespace: str) -> list[str]:
+        from kubernetes import client as k8s
+
+        if what in ("deployment", "deployments"):
+            apps = k8s.AppsV1Api(self.api)
+            items = [apps.read_namespaced_deployment(name, namespace)] if name else \
+                apps.list_namespaced_deployment(namespace).items
+            return [f"deployment/{d.metadata.name} ({d.status.ready_replicas or 0}/{d.spec.replicas} ready)"
+                    for d in items if (d.status.ready_replicas or 0) < (d.spec.replicas or 0)]
+        core = k8s.CoreV1Api(self.api)
+        if what in ("pod", "pods"):
+            items = [core.read_namespaced_pod(name, namespace)] if name else core.list_namespaced_pod(namespace).items
+            return [f"pod/{p.metadata.name} ({p.status.phase})" for p in items
+                    if p.status.phase != "Running" or not all(c.ready for c in p.status.container_statuses or [])]
+        if what in ("node", "nodes"):
+            items = core.list_node().items
+            return [f"node/{n.metadata.name}" for n in items
+                    if not any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])] \
+                or ([] if items else ["no nodes yet"])
+        raise ConfigError(f"wait_ready() knows deployment, pod and node, not {what!r}")
+
+    @contextlib.contextmanager
+    def port_forward(self, target: str, remote_port: int, local_port: Optional[int] = None,
+                     namespace: str = "default", timeout: float = 60) -> Iterator[int]:
+        """`kubectl port-forward` in the background; yields the local port once it answers."""
+        local_port = local_port or _free_port()
+        argv = [self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), "port-forward", "--namespace", namespace,
+                "--address", "127.0.0.1", target, f"{local_port}:{remote_port}"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while not _answers(local_port):
+                if proc.poll() is not None:
+                    raise ClusterError(f"kubectl port-forward {target} exited {proc.returncode}: "
+                                       f"{(proc.stderr.read() if proc.stderr else '').strip()[-300:]}")
+                if time.monotonic() >= deadline:
+                    raise ClusterError(f"port-forward to {target}:{remote_port} did not answer within {timeout:g} s")
+                time.sleep(0.1)
+            yield local_port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class KindEnv(LocalEnv):
+    """A host workspace whose commands run with KUBECONFIG pointing at the throwaway cluster."""
+
+    kind = "kind"
+
+    def __init__(self, workspace: Path, cluster: KindCluster, *, environment: Optional[Mapping[str, str]] = None,
+                 timeout: Optional[float] = None) -> None:
+        super().__init__(workspace, environment={**(environment or {}), "KUBECONFIG": str(cluster.kubeconfig)},
+                         timeout=timeout)
+        self.cluster = cluster

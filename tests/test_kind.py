@@ -1,0 +1,293 @@
+"""The KIND kind against a CONTRACT FAKE of the kind CLI (tests/fakes/kind) and a FAKE API server.
+
+Real node containers carrying kind's labels, a real kubeconfig, real processes;
+no Kubernetes. tests/test_kind_real.py runs the same flow on a real cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+
+from pytest_buildenv import ClusterError, ConfigError
+from pytest_buildenv.backends.kind import KindCluster
+from pytest_buildenv.events import read as read_events
+from pytest_buildenv.naming import KIND_CLUSTER_LABEL, Owner, new_session_id
+
+FAKES = Path(__file__).parent / "fakes"
+FAKE_KIND = str(FAKES / "kind")
+FAKE_KUBECTL = str(FAKES / "kubectl")
+sys.path.insert(0, str(FAKES))
+from fake_kube_api import FakeKubeAPI  # noqa: E402
+
+
+@pytest.fixture
+def client():
+    return docker.from_env()
+
+
+@pytest.fixture
+def cluster_name():
+    return f"bt-{new_session_id()}"
+
+
+@pytest.fixture
+def make_cluster(tmp_path, client):
+    made = []
+
+    def make(name, **kwargs):
+        cluster = KindCluster(name, tmp_path / "state", kind_bin=FAKE_KIND, kubectl_bin=FAKE_KUBECTL,
+                              owner=Owner(new_session_id()), client=client, **kwargs)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:  # whatever a test left, gone
+        for node in client.containers.list(all=True, filters={"label": f"{KIND_CLUSTER_LABEL}={cluster.name}"}):
+            node.remove(force=True)
+        cluster._unshadow()
+
+
+def nodes(client, name):
+    return client.containers.list(all=True, filters={"label": f"{KIND_CLUSTER_LABEL}={name}"})
+
+
+def test_create_and_delete_with_isolated_kubeconfig(make_cluster, client, cluster_name, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    cluster = make_cluster(cluster_name, config={"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4",
+                                                 "nodes": [{"role": "control-plane"}, {"role": "worker"}]})
+    cluster.create()
+    assert sorted(n.name for n in nodes(client, cluster_name)) == [f"{cluster_name}-control-plane", f"{cluster_name}-worker"]
+    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+    assert kubeconfig["current-context"] == f"kind-{cluster_name}"
+    assert cluster.kubeconfig.parent == tmp_path / "state"
+    assert not (tmp_path / "home" / ".kube" / "config").exists(), "never the user's ~/.kube/config"
+    assert client.volumes.get(f"{cluster_name}-owner").attrs["Labels"]["pytest-buildenv.cluster"] == cluster_name
+    cluster.delete()
+    assert nodes(client, cluster_name) == []
+    with pytest.raises(docker.errors.NotFound):
+        client.volumes.get(f"{cluster_name}-owner")
+
+
+def test_name_clash_is_one_line_with_kinds_own_words(make_cluster, cluster_name):
+    make_cluster(cluster_name).create()
+    with pytest.raises(ClusterError) as raised:
+        make_cluster(cluster_name).create()
+    first = str(raised.value).splitlines()[0]
+    assert first == (f"kind create cluster {cluster_name} failed: ERROR: failed to create cluster: "
+                     f'node(s) already exist for a cluster with the name "{cluster_name}"')
+
+
+def test_missing_node_image_shows_kinds_stderr(make_cluster, cluster_name, client):
+    with pytest.raises(ClusterError, match='failed to pull image "kindest/node:v0.0.0-absent"'):
+        make_cluster(cluster_name, image="kindest/node:v0.0.0-absent").create()
+    assert nodes(client, cluster_name) == []
+    with pytest.raises(docker.errors.NotFound):  # the shadow goes too when creation fails
+        client.volumes.get(f"{cluster_name}-owner")
+
+
+@pytest.mark.parametrize("name", ["Upper", "under_score", "x" * 51])
+def test_invalid_names_are_refused_before_kind_runs(name, tmp_path):
+    with pytest.raises(ConfigError, match="KIND cluster name"):
+        KindCluster(name, tmp_path, kind_bin=FAKE_KIND)
+
+
+def test_invalid_configs(tmp_path):
+    with pytest.raises(ConfigError, match="kind: Cluster"):
+        KindCluster("ok", tmp_path, config={"kind": "Pod"})
+    bad = tmp_path / "kind.yaml"
+    bad.write_text("kind: Cluster\nnodes: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        KindCluster("ok", tmp_path, config=bad)
+    with pytest.raises(ConfigError, match="not found"):
+        KindCluster("ok", tmp_path, config=tmp_path / "absent.yaml")
+
+
+def test_load_image_lands_in_the_nodes(make_cluster, cluster_name, client):
+    cluster = make_cluster(cluster_name).create()
+    cluster.load_image("buildenv-test/busybox:1")
+    node = client.containers.get(f"{cluster_name}-control-plane")
+    listing = node.exec_run(["ls", "/var/lib/fake-kind/images"]).output.decode()
+    assert "buildenv-test_busybox_1.tar" in listing
+    with pytest.raises(ClusterError, match="'buildenv-test/absent:1' is not present locally"):
+        cluster.load_image("buildenv-test/absent:1")
+
+
+def test_load_image_archive(make_cluster, cluster_name, client, tmp_path):
+    cluster = make_cluster(cluster_name).create()
+    archive = tmp_path / "app.tar"
+    archive.write_bytes(b"".join(client.images.get("buildenv-test/busybox:1").save(named=True)))
+    cluster.load_image(str(archive))
+    node = client.containers.get(f"{cluster_name}-control-plane")
+    assert "app.tar" in node.exec_run(["ls", "/var/lib/fake-kind/images"]).output.decode()
+
+
+def test_reuse_by_name_never_deletes(make_cluster, cluster_name, client):
+    original = make_cluster(cluster_name).create()
+    reused = make_cluster(cluster_name, reuse=True).create()
+    assert yaml.safe_load(reused.kubeconfig.read_text())["current-context"] == f"kind-{cluster_name}"
+    reused.delete()
+    assert len(nodes(client, cluster_name)) == 1
+    original.delete()
+    with pytest.raises(ClusterError, match=f"cannot reuse KIND cluster '{cluster_name}'"):
+        make_cluster(cluster_name, reuse=True).create()
+
+
+def test_export_logs(make_cluster, cluster_name, tmp_path):
+    cluster = make_cluster(cluster_name).create()
+    dest = cluster.export_logs(tmp_path / "logs")
+    assert (dest / f"{cluster_name}-control-plane" / "inspect.json").is_file()
+
+
+# --- the kubernetes-API helpers, against the FAKE API server -------------------
+MANIFEST = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: "buildenv-test/busybox:1"}]
+"""
+
+
+@pytest.fixture
+def api_cluster(make_cluster, cluster_name, monkeypatch):
+    pytest.importorskip("kubernetes")
+    with FakeKubeAPI(ready_after=3) as api:
+        monkeypatch.setenv("FAKE_KIND_API_SERVER", api.url)
+        yield make_cluster(cluster_name).create(), api
+
+
+def test_apply_multi_document_then_wait_ready(api_cluster):
+    cluster, api = api_cluster
+    cluster.apply(MANIFEST)
+    assert [(m, p) for m, p in api.requests if m == "POST"] == [
+        ("POST", "/api/v1/namespaces/default/configmaps"), ("POST", "/apis/apps/v1/namespaces/default/deployments")]
+    cluster.wait_ready("deployment", "web", timeout=10, interval=0.05)
+    reads = [p for m, p in api.requests if m == "GET" and p.endswith("/deployments/web")]
+    assert len(reads) == 3  # it polled until ready, and no longer
+    cluster.wait_ready("nodes", timeout=5)
+
+
+def test_wait_ready_names_what_is_not_ready(api_cluster):
+    cluster, api = api_cluster
+    api.ready_after = 10 ** 6
+    cluster.apply(MANIFEST)
+    with pytest.raises(ClusterError, match=r"not ready after 0.3 s in .*: deployment/web \(0/2 ready\)"):
+        cluster.wait_ready("deployment", timeout=0.3, interval=0.05)
+    api.nodes_ready = False
+    with pytest.raises(ClusterError, match="node/fake-control-plane"):
+        cluster.wait_ready("node", timeout=0.2, interval=0.05)
+
+
+def test_port_forward_yields_only_once_the_port_answers(api_cluster):
+    cluster, _ = api_cluster
+    started = time.monotonic()
+    with cluster.port_forward("svc/web", 80) as port:
+        waited = time.monotonic() - started
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+    assert body == "forwarded to svc/web:80\n"
+    assert waited >= 1.0  # the fake listens after 1 s; we did not return before
+    with pytest.raises(ClusterError, match='kubectl port-forward svc/missing exited 1: .*NotFound'):
+        with cluster.port_forward("svc/missing", 80):
+            pass
+
+
+# --- the plugin: one cluster per run, shared by xdist workers ------------------
+PLUGIN_TESTS = """
+import os
+import pytest
+
+@pytest.mark.parametrize("n", range(3))
+def test_cluster(kind_cluster, n):
+    assert os.path.exists(kind_cluster.kubeconfig)
+
+@pytest.mark.kind
+@pytest.mark.parametrize("n", range(3))
+def test_workspace_sees_kubeconfig(buildenv, n):
+    result = buildenv.run("echo $KUBECONFIG", check=True)
+    assert result.stdout.strip() == str(buildenv.cluster.kubeconfig)
+    assert buildenv.cluster.name.startswith("buildenv-")
+"""
+
+
+def run_session(project: Path, log: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--buildenv=kind",
+                             f"--kind-bin={FAKE_KIND}", *args], cwd=project, text=True,
+                            env={**os.environ, "PYTEST_BUILDENV_EVENTS": str(log)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_one_cluster_per_run_under_xdist_and_unique_across_runs(tmp_path, client):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_k.py").write_text(PLUGIN_TESTS)
+    logs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    procs = [run_session(project, log, "-n", "2") for log in logs]
+    for proc in procs:
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, out
+        assert "6 passed" in out
+    names = []
+    for log in logs:
+        events = [e for e in read_events(str(log)) if e["resource"] == "cluster"]
+        created = [e["name"] for e in events if e["event"] == "created"]
+        removed = [e["name"] for e in events if e["event"] == "removed"]
+        assert len(created) == 1 and removed == created, events
+        names += created
+    assert len(set(names)) == 2
+    for name in names:
+        assert nodes(client, name) == []
+
+
+def test_failed_run_exports_cluster_logs_to_artifacts(tmp_path, client):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_k.py").write_text("def test_fails(kind_cluster):\n    assert False\n")
+    proc = run_session(project, tmp_path / "e.jsonl", "--buildenv-artifacts=artifacts")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, out
+    exported = list((project / "artifacts").glob("kind-buildenv-*/*-control-plane/inspect.json"))
+    assert len(exported) == 1
+
+
+def test_reaped_after_sigkill(tmp_path, client):
+    project = tmp_path / "project"
+    project.mkdir()
+    ready = tmp_path / "ready"
+    (project / "test_k.py").write_text(
+        "import time, pathlib\n"
+        "def test_hold(kind_cluster):\n"
+        f"    pathlib.Path({str(ready)!r}).write_text(kind_cluster.name)\n"
+        "    time.sleep(120)\n")
+    proc = run_session(project, tmp_path / "e.jsonl")
+    deadline = time.time() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    name = ready.read_text()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(nodes(client, name)) == 1
+    out = subprocess.run([sys.executable, "-m", "pytest_buildenv", "reap"], capture_output=True, text=True).stdout
+    assert f"remove: cluster {name} " in out
+    assert nodes(client, name) == []
