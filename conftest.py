@@ -13,6 +13,11 @@ BUSYBOX = os.environ.get("BUILDENV_TEST_BUSYBOX", "buildenv-test/busybox:1")
 GCC = os.environ.get("BUILDENV_TEST_GCC", "buildenv-test/gcc:1")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Known with or without pytest-xdist, so --strict-markers passes either way.
+    config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker with --dist loadgroup")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """After the plugin's own sweep: fail the run if any labelled resource remains, or if the

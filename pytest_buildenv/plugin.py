@@ -35,6 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("buildenv_config", "settings file with one section per kind (default: buildenv.yaml in rootdir)")
     parser.addini("buildenv_image", "default image for container and dind")
     parser.addini("buildenv_timeout", "default per-command timeout in seconds")
+    parser.addini("buildenv_spares", "builders pre-started per settings while tests run (0: none)", default="1")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -233,7 +234,15 @@ def _open_env(request: pytest.FixtureRequest, kind: str, workspace: Path) -> Ite
         bs.close(env)
 
 
-def _workspace(tmp_path: Path) -> Path:
+def _workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    bs = _session(request.config)
+    spares = int(request.config.getini("buildenv_spares") or 0)
+    if bs.spares is None and spares > 0:
+        from .spares import SparePool
+
+        # Under basetemp, so that it is on a bind mount when pytest runs in a runner container.
+        root = request.config._tmp_path_factory.getbasetemp() / "buildenv-workspaces"  # type: ignore[attr-defined]
+        bs.spares = SparePool(root, depth=spares)
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     return workspace
@@ -243,25 +252,25 @@ def _workspace(tmp_path: Path) -> Path:
 def buildenv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A fresh environment of each enabled kind the test allows (ids [local], [container], ...)."""
     kind = getattr(request, "param", "local")
-    yield from _open_env(request, kind, _workspace(tmp_path))
+    yield from _open_env(request, kind, _workspace(request, tmp_path))
 
 
 @pytest.fixture
 def builder_container(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A fresh builder container, workspace at /work, running as you."""
-    yield from _open_env(request, "container", _workspace(tmp_path))
+    yield from _open_env(request, "container", _workspace(request, tmp_path))
 
 
 @pytest.fixture
 def dind_sibling(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A builder holding the Docker socket; `.sibling(image)` starts containers sharing its workspace."""
-    yield from _open_env(request, "dind", _workspace(tmp_path))
+    yield from _open_env(request, "dind", _workspace(request, tmp_path))
 
 
 @pytest.fixture
 def kind_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """The run's throwaway KIND cluster (one per distinct settings, shared by all xdist workers)."""
-    for env in _open_env(request, "kind", _workspace(tmp_path)):
+    for env in _open_env(request, "kind", _workspace(request, tmp_path)):
         yield env.cluster
 
 

@@ -121,11 +121,15 @@ def labelled_resources(client: docker.DockerClient, filters: dict[str, list[str]
     import docker as sdk
 
     def quietly(action: Callable[[], object]) -> Callable[[], None]:
+        # Another reaper (a concurrent session) may be removing the same thing: gone is gone.
         def run() -> None:
             try:
                 action()
             except sdk.errors.NotFound:
                 pass
+            except sdk.errors.APIError as exc:
+                if exc.status_code != 409 and "in progress" not in str(exc):
+                    raise
         return run
 
     api = client.api

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .backends.kind import KindCluster
     from .hostpaths import HostPaths
     from .images import ImageBuilder
+    from .spares import SparePool
     from .reaper import Finding
 
 Progress = Callable[[str], None]
@@ -68,6 +69,7 @@ class BuildEnvSession:
         self.artifacts_dir = artifacts_dir
         self.failed = False  # set by the plugin: a failed run exports cluster logs
         self._clusters: dict[str, KindCluster] = {}
+        self.spares: Optional[SparePool] = None  # the plugin turns pre-starting on
         self.is_session_owner = is_session_owner
         self.progress = progress or (lambda line: None)
         self.shared = SharedState(owner.session)
@@ -138,9 +140,18 @@ class BuildEnvSession:
             from .backends.dind import DindEnv
 
             cls = DindEnv if kind == "dind" else ContainerEnv
-            return cls(self.client, self.image_for(settings, kind), workspace, self.owner, test=test,
-                       network=settings.network, ssh_agent=settings.ssh_agent, to_host=self.host_paths.to_host,
-                       environment=settings.environment, timeout=settings.timeout)
+            image, to_host = self.image_for(settings, kind), self.host_paths.to_host
+
+            def make(where: Path, test: str = test) -> BuildEnv:
+                return cls(self.client, image, where, self.owner, test=test, network=settings.network,
+                           ssh_agent=settings.ssh_agent, to_host=to_host,
+                           environment=settings.environment, timeout=settings.timeout)
+
+            if self.spares is None:
+                return make(workspace)
+            key = (kind, image, settings.network, settings.ssh_agent,
+                   tuple(sorted(settings.environment.items())), settings.timeout)
+            return self.spares.get(key, lambda where: make(where, "spare"))
         if kind == "kind":
             assert isinstance(settings, KindSettings)
             from .backends.kind import KindEnv
@@ -240,6 +251,8 @@ class BuildEnvSession:
 
     def wait_for_teardown(self) -> None:
         """Containers are removed in the background; this is where the session waits for them."""
+        if self.spares is not None:
+            self.spares.drain()
         if self._client is not None:
             from .backends.container import wait_for_removals
 

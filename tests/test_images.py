@@ -10,6 +10,11 @@ from pytest_buildenv import ConfigError, ImageBuildError
 from pytest_buildenv.images import BuildSpec, ImageBuilder
 from pytest_buildenv.naming import LABEL_SESSION, Owner
 
+# These tests start pytest sessions of their own, and every session reaps dead owners'
+# resources when it starts: run them one at a time (one xdist group), so that the
+# sessions they kill on purpose are reaped by the session each test expects.
+pytestmark = pytest.mark.xdist_group("sessions")
+
 DATA = Path(__file__).parent / "data" / "images"
 
 

@@ -6,6 +6,13 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import pytest
+
+# These tests start pytest sessions of their own, and every session reaps dead owners'
+# resources when it starts: run them one at a time (one xdist group), so that the
+# sessions they kill on purpose are reaped by the session each test expects.
+pytestmark = pytest.mark.xdist_group("sessions")
+
 FAILING = """
 def test_build_breaks(buildenv):
     buildenv.run("echo compiling-step-output; echo artefact > out.bin")
