@@ -104,15 +104,19 @@ class ImageBuilder:
         """The tag itself if the image is local (or can be pulled), else ConfigError."""
         import docker
 
+        if tag in self._built.values():
+            return tag  # already looked up (or built) this session
         with daemon_errors(f"looking up image {tag}"):
             try:
                 self.client.images.get(tag)
+                self._built[tag] = tag
                 return tag
             except docker.errors.ImageNotFound:
                 pass
             try:
                 self.progress(f"pulling {tag}")
                 self.client.images.pull(tag)
+                self._built[tag] = tag
                 return tag
             except docker.errors.APIError as exc:
                 reason = (exc.explanation or str(exc)).splitlines()[0][:160]

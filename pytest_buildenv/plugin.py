@@ -35,7 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("buildenv_config", "settings file with one section per kind (default: buildenv.yaml in rootdir)")
     parser.addini("buildenv_image", "default image for container and dind")
     parser.addini("buildenv_timeout", "default per-command timeout in seconds")
-    parser.addini("buildenv_spares", "builders pre-started per settings while tests run (0: none)", default="1")
+    parser.addini("buildenv_spares", "builders pre-started per settings while tests run (0: none)", default="2")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,123 @@
+"""Speed targets, as ratios measured in one run (this machine is noisy; absolute times mean little).
+
+1. Marginal cost of one more test with a fresh builder_container, over whole pytest runs:
+   (T[21 tests] - T[1 test]) / 20, against the median `docker run --rm IMAGE true`; with
+   pre-started spares (the default) and without (-o buildenv_spares=0).
+2. A test on a provisioned snapshot (provision=) against one on the bare base image, and the
+   provisioning time of a second session (cache hit).
+3. Plugin import: the time `import pytest_buildenv.plugin` adds to `import pytest`, and whether
+   a local-only `pytest --co` imports docker, kubernetes or vagrant.
+4. The same container suite with -n 2 against -n 0.
+
+    python benchmarks/bench_speed.py [IMAGE] [ROUNDS]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IMAGE = sys.argv[1] if len(sys.argv) > 1 else "buildenv-test/busybox:1"
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+
+TESTS = """
+import pytest
+
+@pytest.mark.parametrize("n", range({n}))
+@pytest.mark.container({marker})
+def test_one(builder_container, n):
+    assert builder_container.run(["true"]).exit_code == 0
+"""
+
+PROVISIONED = """
+import pytest
+
+@pytest.mark.parametrize("n", range({n}))
+@pytest.mark.container({marker})
+def test_one(builder_container, n):
+    assert builder_container.run(["true"]).exit_code == 0
+"""
+
+
+def project(text: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    (root / "tox.ini").write_text(f"[pytest]\nbuildenv_image = {IMAGE}\n")
+    (root / "test_bench.py").write_text(text)
+    return root
+
+
+def pytest_time(root: Path, *args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--buildenv=container", *args],
+                   cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def docker_run_median(rounds: int = 15) -> float:
+    import docker
+
+    client = docker.from_env()
+    times = []
+    for _ in range(rounds + 1):
+        started = time.perf_counter()
+        client.containers.run(IMAGE, ["true"], remove=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
+def marginal(args: tuple[str, ...], marker: str = "") -> float:
+    one, many = project(TESTS.format(n=1, marker=marker)), project(TESTS.format(n=21, marker=marker))
+    samples = []
+    for _ in range(ROUNDS):
+        samples.append((pytest_time(many, *args) - pytest_time(one, *args)) / 20)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    baseline = docker_run_median()
+    print(f"docker run --rm {IMAGE} true, median: {baseline * 1000:.0f} ms")
+    for label, args, marker in (("without spares", ("-o", "buildenv_spares=0"), ""),
+                                ("with spares (default)", (), ""),
+                                ("with spares, network='none'", (), "network='none'")):
+        cost = marginal(args, marker)
+        print(f"1. marginal cost per container test, {label}: {cost * 1000:.0f} ms = {cost / baseline:.2f}x docker run")
+
+    if "--no-provision" not in sys.argv:
+        provision = '["echo provisioned > /opt/marker", "sleep 3"]'
+        bare = project(PROVISIONED.format(n=11, marker=""))
+        prov = project(PROVISIONED.format(n=11, marker=f"provision={provision}, provision_user='root'"))
+        pytest_time(prov)  # the first session provisions (and caches) the snapshot
+        t_bare = statistics.median(pytest_time(bare) for _ in range(ROUNDS))
+        t_prov = statistics.median(pytest_time(prov) for _ in range(ROUNDS))
+        print(f"2. 11 tests on a provisioned snapshot / on the bare image: {t_prov / t_bare:.2f} "
+              f"(includes a 3 s provisioning step that the cache skips)")
+
+    code = ("import sys, time; t=time.perf_counter(); import pytest; m=time.perf_counter(); "
+            "import pytest_buildenv.plugin; e=time.perf_counter(); print((m-t)*1000, (e-m)*1000)")
+    samples = [tuple(map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout.split())) for _ in range(9)]
+    pytest_ms = statistics.median(s[0] for s in samples)
+    plugin_ms = statistics.median(s[1] for s in samples)
+    print(f"3. import pytest: {pytest_ms:.0f} ms; import pytest_buildenv.plugin after it: {plugin_ms:.1f} ms")
+    local = project("def test_local(buildenv):\n    pass\n")
+    (local / "conftest.py").write_text(
+        "import sys\n"
+        "def pytest_collection_finish(session):\n"
+        "    print('HEAVY', sorted(m for m in ('docker', 'kubernetes', 'vagrant') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-s", "-p", "no:cacheprovider"], cwd=local,
+                         capture_output=True, text=True).stdout
+    print(f"   local-only pytest --co imports: {next(l for l in out.splitlines() if l.startswith('HEAVY'))[6:]}")
+
+    suite = project(TESTS.format(n=40, marker="").replace('["true"]', '"sleep 0.2"'))
+    serial = statistics.median(pytest_time(suite) for _ in range(ROUNDS))
+    parallel = statistics.median(pytest_time(suite, "-n", "2") for _ in range(ROUNDS))
+    print(f"4. 40 container tests: -n 0 {serial:.1f} s, -n 2 {parallel:.1f} s: speed-up {serial / parallel:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
