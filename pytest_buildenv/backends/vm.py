@@ -1,0 +1,324 @@
+"""`vm`: a golden Vagrant VM provisioned once, and throwaway copy-on-write clones of it.
+
+GoldenVM brings the user's Vagrantfile up once with its provisioners and
+freezes it into a box named after the content hash of the Vagrantfile's
+directory and base box: an unchanged Vagrantfile is never provisioned twice,
+across sessions too. VMClone is a new Vagrant machine from that box, booted
+without provisioning; libvirt gives it a qcow2 overlay on the golden volume
+(VirtualBox a linked clone), so a clone costs a boot, not a copy.
+
+Commands run over SSH with one reused connection per clone (ControlMaster);
+files move by scp. Vagrant is driven by python-vagrant (the `vm` extra), which
+runs the vagrant CLI with argument lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Optional
+
+from ..errors import ConfigError, VMError, tail
+from ..events import emit
+from ..naming import Owner
+from ..result import FileInfo
+from .base import BuildEnv
+
+WORKDIR = PurePosixPath("/home/vagrant/work")
+DESCRIPTION_MARK = "pytest-buildenv "  # libvirt domain descriptions start with it, then JSON labels
+_BOX_LINE = re.compile(r"""config\.vm\.box\s*=\s*["']([^"']+)["']""")
+
+
+def _vagrant(root: Path, log: Path, env: Optional[Mapping[str, str]] = None) -> Any:
+    try:
+        import vagrant
+    except ImportError as exc:
+        raise ConfigError("python-vagrant is missing; pip install 'pytest-buildenv[vm]'") from exc
+    return vagrant.Vagrant(str(root), env={**os.environ, **(env or {})},
+                           out_cm=vagrant.make_file_cm(str(log)), err_cm=vagrant.make_file_cm(str(log)))
+
+
+def _fail(what: str, log: Path, hint: str = "") -> VMError:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    text = "\n".join(line for line in text.splitlines() if "Progress:" not in line)
+    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "no output")
+    return VMError(f"{what} failed: {last}{'; ' + hint if hint else ''}\n{tail(text)}")
+
+
+def vagrant_home() -> Path:
+    return Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+
+
+def base_box_of(vagrantfile: Path) -> str:
+    match = _BOX_LINE.search(vagrantfile.read_text())
+    if not match:
+        raise ConfigError(f"{vagrantfile} sets no config.vm.box; the golden VM starts from a base box")
+    return match.group(1)
+
+
+def box_vagrantfile(box: str, provider: str = "libvirt") -> Optional[Path]:
+    """The Vagrantfile shipped inside an installed box (it carries provider settings, e.g. the kernel)."""
+    found = sorted(vagrant_home().glob(f"boxes/{box.replace('/', '-VAGRANTSLASH-')}/*/{provider}/Vagrantfile"))
+    return found[-1] if found else None
+
+
+def content_hash(vagrantfile: Path, base_box: str) -> str:
+    """Vagrantfile, provisioning scripts beside it, and the base box: what the golden VM is made of."""
+    digest = hashlib.sha256(base_box.encode())
+    box_file = box_vagrantfile(base_box)
+    if box_file is not None:
+        digest.update(box_file.parent.joinpath("metadata.json").read_bytes())
+    root = vagrantfile.parent
+    for path in sorted(root.rglob("*")):
+        if ".vagrant" in path.parts or not path.is_file():
+            continue
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def installed_boxes(env: Optional[Mapping[str, str]] = None) -> set[str]:
+    out = subprocess.run(["vagrant", "box", "list", "--machine-readable"], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}).stdout
+    return {line.split(",")[3] for line in out.splitlines() if ",box-name," in line}
+
+
+# virt-sysprep and virt-sparsify (libguestfs) boot an appliance VM of their own, which
+# costs minutes without KVM; vagrant-libvirt's `package` only needs them to exist.
+# We reset what clones must not share ourselves, over SSH, before packaging.
+_SHIM = "#!/bin/sh\n# pytest-buildenv: skip libguestfs during `vagrant package`\nexit 0\n"
+
+
+def _shim_path(state_dir: Path) -> str:
+    shims = state_dir / "shims"
+    shims.mkdir(parents=True, exist_ok=True)
+    for name in ("virt-sysprep", "virt-sparsify"):
+        shim = shims / name
+        if not shim.exists():
+            shim.write_text(_SHIM)
+            shim.chmod(0o755)
+    return f"{shims}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+class GoldenVM:
+    """The user's Vagrantfile, provisioned once and frozen into a box (cached by content)."""
+
+    def __init__(self, vagrantfile: Path, state_dir: Path, *, provider: str = "libvirt",
+                 progress: Any = None) -> None:
+        self.vagrantfile = Path(vagrantfile).resolve()
+        if not self.vagrantfile.is_file():
+            raise ConfigError(f"Vagrantfile {self.vagrantfile} not found; fix vagrantfile= (or --vagrantfile)")
+        self.state_dir = Path(state_dir)
+        self.provider = provider
+        self.base_box = base_box_of(self.vagrantfile)
+        self.hash = content_hash(self.vagrantfile, self.base_box)
+        self.box = f"buildenv-golden/{self.hash[:16]}"
+        self.progress = progress or (lambda line: None)
+        self.provisioned_now = False
+
+    def ensure(self) -> str:
+        """The golden box's name, provisioning it first if no session ever did (one at a time per host)."""
+        from filelock import FileLock
+
+        if self.base_box not in installed_boxes():
+            raise VMError(f"base box {self.base_box!r} is not installed; vagrant box add {self.base_box} <file or URL>")
+        with FileLock(str(Path(tempfile.gettempdir()) / f"pytest-buildenv-golden-{self.hash[:16]}.lock")):
+            if self.box not in installed_boxes():
+                self._provision()
+                self.provisioned_now = True
+        return self.box
+
+    def _provision(self) -> None:
+        work = self.state_dir / f"golden-{self.hash[:12]}"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(self.vagrantfile.parent, work, ignore=shutil.ignore_patterns(".vagrant"))
+        log = work / "provision.log"
+        machine = _vagrant(work, log)
+        self.progress(f"provisioning golden VM from {self.vagrantfile} (log: {log})")
+        started = time.monotonic()
+        try:
+            try:
+                machine.up(provider=self.provider)
+            except subprocess.CalledProcessError:
+                raise _fail(f"provisioning the golden VM from {self.vagrantfile}", log,
+                            "fix the provisioner (its output follows)") from None
+            # What clones must not share: the machine id (and so their DHCP identity).
+            ssh_cfg = work / "ssh.cfg"
+            ssh_cfg.write_text(machine.ssh_config())
+            subprocess.run(["ssh", "-F", str(ssh_cfg), "default", "sudo truncate -s0 /etc/machine-id; sync"],
+                           capture_output=True, timeout=120)
+            box_file = work / "golden.box"
+            include = box_vagrantfile(self.base_box, self.provider)
+            packager = _vagrant(work, log, env={"PATH": _shim_path(self.state_dir)})
+            try:
+                packager.package(output=str(box_file), vagrantfile=str(include) if include else None)
+                _vagrant(work, log).box_add(self.box, str(box_file), provider=self.provider, force=True)
+            except subprocess.CalledProcessError:
+                raise _fail(f"packaging the golden VM into {self.box}", log) from None
+            self.progress(f"golden box {self.box} ready in {time.monotonic() - started:.0f} s")
+        finally:
+            try:
+                machine.destroy()
+            except subprocess.CalledProcessError:
+                pass
+            shutil.rmtree(work, ignore_errors=True)
+
+
+class VMClone(BuildEnv):
+    """A throwaway machine from the golden box; commands over one reused SSH connection."""
+
+    kind = "vm"
+
+    def __init__(self, box: str, workspace: Path, state_dir: Path, owner: Owner, *, test: str = "",
+                 environment: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
+                 boot_timeout: float = 600) -> None:
+        super().__init__(workspace, WORKDIR, environment=environment, timeout=timeout)
+        self.box = box
+        self.owner = owner
+        self.name = owner.name("vm", test.rsplit("::", 1)[-1])[:60].rstrip("-")
+        self.dir = Path(state_dir) / self.name
+        self.dir.mkdir(parents=True)
+        self.console_log = self.dir / "console.log"
+        self.domain = f"{self.name}_default"
+        self._log = self.dir / "vagrant.log"
+        self._write_vagrantfile(owner.labels("vm", test), boot_timeout)
+        self._machine = _vagrant(self.dir, self._log)
+        self._closed = False
+        emit("created", "vm", self.domain, owner.session)
+        try:
+            self._machine.up(no_provision=True, provider="libvirt")
+        except subprocess.CalledProcessError:
+            console = tail(self.logs()) if self.console_log.exists() else "(no console output)"
+            error = _fail(f"booting clone {self.name} of {box}", self._log,
+                          f"the console said:\n{console}")
+            self.close()
+            raise error from None
+        self.ssh_config = self.dir / "ssh.cfg"
+        self.ssh_config.write_text(self._machine.ssh_config())
+        self._control = self.dir / "ssh.sock"
+        self.run(["mkdir", "-p", str(WORKDIR)], check=True, cwd="/")
+
+    def _write_vagrantfile(self, labels: dict[str, str], boot_timeout: float) -> None:
+        description = DESCRIPTION_MARK + json.dumps(labels, sort_keys=True)
+        self.dir.chmod(0o755)  # the console log is written by QEMU, not by us
+        self.dir.joinpath("Vagrantfile").write_text(f"""\
+# Generated by pytest-buildenv: a clone of the golden box, never provisioned.
+Vagrant.configure("2") do |config|
+  config.vm.box = {json.dumps(self.box)}
+  config.vm.boot_timeout = {int(boot_timeout)}
+  config.vm.provider :libvirt do |libvirt|
+    libvirt.default_prefix = {json.dumps(self.name + "_")}
+    libvirt.description = {json.dumps(description)}
+    libvirt.serial :type => "file", :source => {{:path => {json.dumps(str(self.console_log))}}}
+  end
+end
+""")
+
+    # --- running, over one SSH connection -------------------------------
+    def _ssh(self, *remote: str) -> list[str]:
+        return ["ssh", "-F", str(self.ssh_config), "-o", "ControlMaster=auto",
+                "-o", f"ControlPath={self._control}", "-o", "ControlPersist=600", "default", *remote]
+
+    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
+                 timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
+        command = shlex.join(argv)
+        if env:
+            command = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " + command
+        if user:
+            command = f"sudo -u {shlex.quote(user)} -- sh -c {shlex.quote(command)}"
+        if timeout is not None:
+            # GNU timeout signals its whole process group: the command and all it started.
+            command = f"timeout -s KILL {timeout:g} sh -c {shlex.quote(command)}"
+        # "; exit $?" keeps the login shell from exec'ing timeout(1), whose group kill would then
+        # take the SSH session down with it (ssh exits 255 instead of the command's status).
+        remote = f"cd {shlex.quote(str(cwd))} && {command}; exit $?"
+        started = time.monotonic()
+        proc = subprocess.run(self._ssh(remote), capture_output=True)
+        # timeout(1) exits 124, or 137 when KILL reaches it too; a command may exit so itself, hence the clock
+        timed_out = (timeout is not None and proc.returncode in (124, 137)
+                     and time.monotonic() - started >= timeout)
+        return proc.returncode, _text(proc.stdout), _text(proc.stderr), timed_out
+
+    def host_path(self, path: Any) -> None:
+        return None  # nothing in the VM is shared with the host: every file moves by scp
+
+    def _stat_outside(self, path: PurePosixPath) -> Optional[FileInfo]:
+        proc = subprocess.run(self._ssh(f"stat -c '%f %s %u %g' {shlex.quote(str(path))}"), capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            return None
+        mode, size, uid, gid = proc.stdout.split()
+        return FileInfo(mode=int(mode, 16), size=int(size), uid=int(uid), gid=int(gid))
+
+    def _read_outside(self, path: PurePosixPath) -> bytes:
+        proc = subprocess.run(self._ssh(f"cat {shlex.quote(str(path))}"), capture_output=True)
+        if proc.returncode != 0:
+            raise FileNotFoundError(f"{path} cannot be read in {self.name}: {_text(proc.stderr).strip()}")
+        return proc.stdout
+
+    def _scp(self, source: str, dest: str) -> None:
+        proc = subprocess.run(["scp", "-F", str(self.ssh_config), "-o", f"ControlPath={self._control}",
+                               "-r", "-q", source, dest], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise FileNotFoundError(f"scp {source} {dest}: {proc.stderr.strip()}")
+
+    def _put_outside(self, src: Path, target: PurePosixPath) -> None:
+        self.run(["mkdir", "-p", str(target.parent)], check=True, cwd="/")
+        self._scp(str(src), f"default:{target}")
+
+    def _get_outside(self, source: PurePosixPath, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._scp(f"default:{source}", str(dest))
+
+    def logs(self) -> str:
+        """The VM's serial console log (boot messages, kernel panics, login prompt)."""
+        try:
+            return self.console_log.read_text(errors="replace")
+        except PermissionError:
+            return subprocess.run(["sudo", "-n", "cat", str(self.console_log)], capture_output=True,
+                                  text=True).stdout
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if getattr(self, "_control", None) and self._control.exists():
+            subprocess.run(self._ssh()[:-1] + ["-O", "exit", "default"], capture_output=True)
+        try:
+            self._machine.destroy()
+        except subprocess.CalledProcessError:
+            destroy_domain(self.domain)
+        emit("removed", "vm", self.domain, self.owner.session)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+# --- for the reaper: domains carry our labels in their description --------------
+def labelled_domains(uri: str = "qemu:///system") -> list[tuple[str, dict[str, str]]]:
+    if shutil.which("virsh") is None:
+        return []
+    names = subprocess.run(["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True)
+    found = []
+    for name in filter(None, (line.strip() for line in names.stdout.splitlines())):
+        desc = subprocess.run(["virsh", "-c", uri, "desc", name], capture_output=True, text=True).stdout.strip()
+        if desc.startswith(DESCRIPTION_MARK):
+            try:
+                found.append((name, json.loads(desc[len(DESCRIPTION_MARK):])))
+            except json.JSONDecodeError:
+                continue
+    return found
+
+
+def destroy_domain(name: str, uri: str = "qemu:///system") -> None:
+    """What `vagrant destroy` does to libvirt: stop the domain, undefine it, delete its overlay."""
+    subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
+    subprocess.run(["virsh", "-c", uri, "undefine", name, "--remove-all-storage"], capture_output=True)
