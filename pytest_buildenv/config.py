@@ -46,9 +46,16 @@ class KindSettings(LocalSettings):
     cluster: Optional[str] = None  # reuse this existing cluster; it is then never deleted
 
 
-Settings = Union[LocalSettings, ContainerSettings, KindSettings]
+@dataclass(frozen=True)
+class VMSettings(LocalSettings):
+    vagrantfile: Optional[Path] = None  # the golden VM's Vagrantfile (its directory holds the provisioners)
+    provider: str = "libvirt"
+    boot_timeout: float = 600
+
+
+Settings = Union[LocalSettings, ContainerSettings, KindSettings, VMSettings]
 SETTINGS: dict[str, type] = {"local": LocalSettings, "container": ContainerSettings, "dind": ContainerSettings,
-                             "kind": KindSettings}
+                             "kind": KindSettings, "vm": VMSettings}
 
 
 def known_keys(kind: str) -> list[str]:

@@ -16,7 +16,8 @@ from .naming import Owner, new_session_id
 SESSION_KEY = pytest.StashKey["Any"]()
 ENVS_KEY = pytest.StashKey[list]()
 
-FIXTURE_KINDS = {"builder_container": "container", "dind_sibling": "dind", "kind_cluster": "kind"}
+FIXTURE_KINDS = {"builder_container": "container", "dind_sibling": "dind", "kind_cluster": "kind",
+                 "golden_vm": "vm", "vm_clone": "vm"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,6 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kind-image", default=None, metavar="IMAGE", help="KIND node image (kind create cluster --image)")
     group.addoption("--kind-cluster", default=None, metavar="NAME",
                     help="reuse this existing KIND cluster instead of creating one; it is never deleted")
+    group.addoption("--vagrantfile", default=None, metavar="PATH", help="the golden VM's Vagrantfile (vm kind)")
     parser.addini("buildenv", "kinds enabled by default (overridden by PYTEST_BUILDENV and --buildenv)")
     parser.addini("buildenv_config", "settings file with one section per kind (default: buildenv.yaml in rootdir)")
     parser.addini("buildenv_image", "default image for container and dind")
@@ -92,6 +94,7 @@ def _ini_layers(config: pytest.Config) -> dict[str, Layer]:
         "container": {"timeout": timeout, "image": image},
         "dind": {"timeout": timeout, "image": image},
         "kind": {"timeout": timeout, "image": config.option.kind_image, "cluster": config.option.kind_cluster},
+        "vm": {"timeout": timeout, "vagrantfile": config.option.vagrantfile},
     }
     return {kind: Layer({k: v for k, v in values.items() if v is not None}, config.rootpath, "ini and options")
             for kind, values in per_kind.items()}
@@ -137,7 +140,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     try:
         bs.check_explicit_kinds()
-        if bs.uses_docker:
+        if bs.reaps:
             for finding in bs.reap_dead():
                 bs.progress(f"reaped {finding.resource} {finding.name} ({finding.reason})")
     except BuildEnvError as exc:
@@ -272,6 +275,27 @@ def kind_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any
     """The run's throwaway KIND cluster (one per distinct settings, shared by all xdist workers)."""
     for env in _open_env(request, "kind", _workspace(request, tmp_path)):
         yield env.cluster
+
+
+@pytest.fixture
+def golden_vm(request: pytest.FixtureRequest) -> Any:
+    """The run's golden VM: the Vagrantfile provisioned once and frozen into a box (cached by content)."""
+    bs = _session(request.config)
+    marker = request.node.get_closest_marker("vm")
+    try:
+        settings = bs.settings("vm", marker.kwargs if marker else {}, request.node.path.parent, request.node.nodeid)
+        golden = bs.golden_for(settings)
+    except BuildEnvError as exc:
+        failure = str(exc)
+    else:
+        return golden
+    pytest.fail(failure, pytrace=False)
+
+
+@pytest.fixture
+def vm_clone(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A throwaway clone of the golden VM; commands run over SSH."""
+    yield from _open_env(request, "vm", _workspace(request, tmp_path))
 
 
 # --- reports ---------------------------------------------------------------------

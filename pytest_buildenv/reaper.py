@@ -12,6 +12,7 @@ without our labels.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import socket
 import tempfile
@@ -177,14 +178,24 @@ def judge(labels: dict[str, str], *, this_host: str, foreign_max_age: Optional[f
     return "remove", f"owner pid {pid} is gone"
 
 
-def reap(client: docker.DockerClient, *, dry_run: bool = False, session: Optional[str] = None,
+def labelled_vms(session: Optional[str] = None) -> Iterator[Labelled]:
+    """libvirt domains whose description carries our labels (clones of golden VMs)."""
+    from .backends.vm import destroy_domain, labelled_domains
+
+    for name, labels in labelled_domains():
+        if session is None or labels.get(LABEL_SESSION) == session:
+            yield Labelled("vm", name, name, labels, lambda name=name: destroy_domain(name))
+
+
+def reap(client: Optional[docker.DockerClient], *, dry_run: bool = False, session: Optional[str] = None,
          include_kept: bool = False, foreign_max_age: Optional[float] = None,
          force: bool = False) -> list[Finding]:
     """Remove dead owners' resources (or, with `force`, every resource of `session`)."""
     this_host = socket.gethostname()
     filters = session_filter(session) if session else ANY_OWNED
     findings = []
-    for item in labelled_resources(client, filters):
+    docker_items = labelled_resources(client, filters) if client is not None else iter(())
+    for item in itertools.chain(docker_items, labelled_vms(session)):
         if force:
             action, reason = "remove", "session swept by its owner"
         else:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from .backends import check_tooling
 from .backends.base import BuildEnv
-from .config import DOCKER_KINDS, ContainerSettings, KindSettings, Layer, Selection, Settings, merge
+from .config import DOCKER_KINDS, ContainerSettings, KindSettings, Layer, Selection, Settings, VMSettings, merge
 from .errors import ConfigError
 from .naming import Owner
 from .sharing import SharedState
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import docker
 
     from .backends.kind import KindCluster
+    from .backends.vm import GoldenVM
     from .hostpaths import HostPaths
     from .images import ImageBuilder
     from .spares import SparePool
@@ -69,6 +70,7 @@ class BuildEnvSession:
         self.artifacts_dir = artifacts_dir
         self.failed = False  # set by the plugin: a failed run exports cluster logs
         self._clusters: dict[str, KindCluster] = {}
+        self._goldens: dict[str, GoldenVM] = {}
         self.spares: Optional[SparePool] = None  # the plugin turns pre-starting on
         self.is_session_owner = is_session_owner
         self.progress = progress or (lambda line: None)
@@ -158,6 +160,14 @@ class BuildEnvSession:
 
             return KindEnv(workspace, self.cluster_for(settings), environment=settings.environment,
                            timeout=settings.timeout)
+        if kind == "vm":
+            assert isinstance(settings, VMSettings)
+            from .backends.vm import VMClone
+
+            golden = self.golden_for(settings)
+            return VMClone(golden.box, workspace, self.shared.directory, self.owner, test=test,
+                           environment=settings.environment, timeout=settings.timeout,
+                           boot_timeout=settings.boot_timeout)
         check_tooling(kind, self.kind_bin)  # raises BackendUnavailable for kinds this version lacks
         raise ConfigError(f"cannot make a {kind} environment")
 
@@ -182,6 +192,23 @@ class BuildEnvSession:
             record = self.shared.get_or_create(f"kind-{key}", create)
             self._clusters[key] = self._cluster(record["name"], settings, reuse=record["reuse"])
         return self._clusters[key]
+
+    def golden_for(self, settings: VMSettings) -> GoldenVM:
+        """The golden VM for these settings, provisioned at most once per content (across sessions too)."""
+        from .backends.vm import GoldenVM
+
+        if settings.vagrantfile is None:
+            raise ConfigError("no Vagrantfile for the vm kind; pass @pytest.mark.vm(vagrantfile=...), "
+                              "vm: vagrantfile: in buildenv.yaml, or --vagrantfile")
+        golden = GoldenVM(settings.vagrantfile, self.shared.directory, provider=settings.provider,
+                          progress=self.progress)
+        if golden.box not in self._goldens:
+            record = self.shared.get_or_create(f"golden-{golden.hash[:16]}", lambda: {
+                "type": "golden", "box": golden.ensure(), "provisioned": golden.provisioned_now})
+            golden.provisioned_now = bool(record["provisioned"] and record["created_here"])
+            golden.owner, golden.state_dir = self.owner, self.shared.directory
+            self._goldens[golden.box] = golden
+        return self._goldens[golden.box]
 
     def _cluster(self, name: str, settings: Any, reuse: bool) -> KindCluster:
         from .backends.kind import KindCluster
@@ -231,10 +258,14 @@ class BuildEnvSession:
         self.stats.teardown_seconds += time.monotonic() - started
 
     # --- session start and end (session owner only) ----------------------
+    @property
+    def reaps(self) -> bool:
+        return self.uses_docker or "vm" in self.selection.kinds
+
     def reap_dead(self) -> list[Finding]:
         from .reaper import reap
 
-        return [f for f in reap(self.client) if f.action == "remove"]
+        return [f for f in reap(self.client if self.uses_docker else None) if f.action == "remove"]
 
     def sweep(self) -> list[Finding]:
         """Remove whatever this session still owns: a crashed worker's leftovers, shared images."""
@@ -245,7 +276,8 @@ class BuildEnvSession:
             self.teardown_clusters()
         if self.owner.keep:
             return []  # kept: the shared directory still holds the kept clusters' kubeconfigs
-        found = reap(self.client, session=self.owner.session, force=True) if self.uses_docker else []
+        found = reap(self.client if self.uses_docker else None, session=self.owner.session, force=True) \
+            if self.reaps else []
         self.shared.remove()
         return found
 
@@ -263,10 +295,11 @@ class BuildEnvSession:
     def finish(self) -> None:
         """Session owner, at the very end: sweep, then count what is still there."""
         self.findings_at_end = self.sweep()
-        if self.uses_docker and not self.owner.keep:
+        if self.reaps and not self.owner.keep:
             from .reaper import reap
 
-            self.left_behind = len(reap(self.client, session=self.owner.session, dry_run=True, force=True))
+            client = self.client if self.uses_docker else None
+            self.left_behind = len(reap(client, session=self.owner.session, dry_run=True, force=True))
 
     def summary_lines(self) -> list[str]:
         made = ", ".join(f"{n} {kind}" for kind, n in sorted(self.stats.made.items())) or "none"

@@ -56,10 +56,23 @@ def test_env_var_then_ini_then_default(project, monkeypatch):
 
 
 def test_auto_enables_what_this_machine_has(project):
-    project.makepyfile(TWO_KIND_TEST)
+    from pytest_buildenv.backends import available
+    from pytest_buildenv.config import KINDS
+
+    expected = [kind for kind in KINDS if kind == "local" or available(kind)]
+    assert expected[:3] == ["local", "container", "dind"]  # this suite's machines have Docker
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.local
+        @pytest.mark.container
+        @pytest.mark.dind
+        def test_runs(buildenv):
+            assert buildenv.run("echo ok", check=True).stdout == "ok\\n"
+    """)
     result = project.runpytest("--buildenv=auto")
-    result.stdout.fnmatch_lines(["buildenv: kinds local, container, dind (from --buildenv)"])
-    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines([f"buildenv: kinds {', '.join(expected)} (from --buildenv)"])
+    result.assert_outcomes(passed=3)
 
 
 def test_unknown_kind_is_one_line_usage_error(project):
@@ -161,3 +174,11 @@ def test_fixture_for_disabled_kind_skips_naming_the_option(project):
     result = project.runpytest("-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*run with --buildenv=container*"])
+
+
+def test_vm_kind_without_vagrant_is_an_error(project, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    project.makepyfile(TWO_KIND_TEST)
+    result = project.runpytest("--buildenv=vm")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: `vagrant` not found on PATH; apt-get install vagrant*"])

@@ -122,6 +122,14 @@ class GoldenVM:
         self.box = f"buildenv-golden/{self.hash[:16]}"
         self.progress = progress or (lambda line: None)
         self.provisioned_now = False
+        self.owner: Optional[Owner] = None  # whose clones: set by the session, else a fresh owner
+
+    def clone(self, workspace: Path, test: str = "", **options: Any) -> VMClone:
+        """A new clone of this golden VM (the caller closes it; vm_clone does that for you)."""
+        from ..naming import new_session_id
+
+        owner = self.owner or Owner(new_session_id())
+        return VMClone(self.box, workspace, self.state_dir, owner, test=test, **options)
 
     def ensure(self) -> str:
         """The golden box's name, provisioning it first if no session ever did (one at a time per host)."""
@@ -191,6 +199,7 @@ class VMClone(BuildEnv):
         self._write_vagrantfile(owner.labels("vm", test), boot_timeout)
         self._machine = _vagrant(self.dir, self._log)
         self._closed = False
+        self._control: Optional[Path] = None
         emit("created", "vm", self.domain, owner.session)
         try:
             self._machine.up(no_provision=True, provider="libvirt")
@@ -202,8 +211,13 @@ class VMClone(BuildEnv):
             raise error from None
         self.ssh_config = self.dir / "ssh.cfg"
         self.ssh_config.write_text(self._machine.ssh_config())
-        self._control = self.dir / "ssh.sock"
-        self.run(["mkdir", "-p", str(WORKDIR)], check=True, cwd="/")
+        # Unix socket paths are short (108 bytes) and ssh appends a suffix while creating one.
+        self._control = Path(tempfile.gettempdir()) / f"be-{hashlib.sha1(self.name.encode()).hexdigest()[:16]}"
+        first = self.run(["mkdir", "-p", str(WORKDIR)], cwd="/")
+        if not first.ok:
+            self.close()
+            raise VMError(f"SSH into clone {self.name} failed (exit {first.exit_code}: {first.stderr.strip()[-200:]}); "
+                          f"the console said:\n{tail(self.logs())}")
 
     def _write_vagrantfile(self, labels: dict[str, str], boot_timeout: float) -> None:
         description = DESCRIPTION_MARK + json.dumps(labels, sort_keys=True)
@@ -289,7 +303,7 @@ end
         if self._closed:
             return
         self._closed = True
-        if getattr(self, "_control", None) and self._control.exists():
+        if getattr(self, "_control", None) is not None and self._control.exists():
             subprocess.run(self._ssh()[:-1] + ["-O", "exit", "default"], capture_output=True)
         try:
             self._machine.destroy()

@@ -1,0 +1,124 @@
+"""The vm kind for real: a golden VM provisioned from a Vagrantfile, libvirt clones of it.
+
+Needs Vagrant, vagrant-libvirt, libvirt and the offline test box (.ci/vm-box, added as
+buildenv-test/debian12); run with --buildenv=vm (CI does, as root: libvirt's system
+instance and its storage pool are root's).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_buildenv import CommandTimeout, VMError
+from pytest_buildenv.backends.vm import GoldenVM
+
+DATA = Path(__file__).parent / "data" / "vm"
+HELLO = Path(__file__).parent.parent / "examples" / "hello"
+
+pytestmark = [pytest.mark.vm(vagrantfile="data/vm/golden/Vagrantfile"), pytest.mark.xdist_group("vm")]
+
+
+def domains() -> list[str]:
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True, text=True)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def volumes() -> str:
+    return subprocess.run(["virsh", "-c", "qemu:///system", "vol-list", "default"], capture_output=True,
+                          text=True).stdout
+
+
+def test_clones_see_the_golden_marker_but_not_each_others_files(golden_vm, vm_clone, tmp_path):
+    other = golden_vm.clone(tmp_path, test="other")
+    try:
+        for clone in (vm_clone, other):
+            assert clone.run("cat /etc/buildenv-marker", check=True).stdout == "provisioned by the golden Vagrantfile\n"
+        vm_clone.run("echo one > mine", check=True)
+        other.run("echo two > theirs", check=True)
+        assert vm_clone.artifact("mine").read_text() == "one\n" and not vm_clone.artifact("theirs").exists
+        assert other.artifact("theirs").read_text() == "two\n" and not other.artifact("mine").exists
+        assert vm_clone.domain != other.domain
+    finally:
+        other.close()
+    # destroyed: no domain, no overlay volume, no Vagrant machine
+    assert other.domain not in domains()
+    assert f"{other.domain}.img" not in volumes()
+    assert not (other.dir / ".vagrant" / "machines" / "default" / "libvirt" / "id").exists()
+
+
+def test_hello_world_built_in_a_clone_lands_on_the_host(vm_clone, tmp_path):
+    vm_clone.put(HELLO / "helloworld.c", "helloworld.c")
+    vm_clone.put(HELLO / "Makefile", "Makefile")
+    vm_clone.run("make helloworld_app", check=True)
+    app = vm_clone.artifact("helloworld_app")
+    assert app.executable and app.size > 1000
+    host_copy = vm_clone.get("helloworld_app", tmp_path / "from-vm" / "helloworld_app")
+    assert subprocess.run([str(host_copy)], capture_output=True, text=True).stdout == "Hello, world!\n"
+    with pytest.raises(CommandTimeout, match="timed out after 2 s"):
+        vm_clone.run("sleep 300 & sleep 300", timeout=2)
+    assert vm_clone.run("pgrep -c -x sleep || true").stdout.strip() == "0"
+    assert "login:" in vm_clone.logs()  # the serial console log, booted to a prompt
+
+
+HOLDING = """
+import os, pathlib, time, pytest
+
+@pytest.mark.vm(vagrantfile={vagrantfile!r})
+def test_hold(vm_clone):
+    assert vm_clone.run("cat /etc/buildenv-marker").ok
+    pathlib.Path(os.environ["READY"]).write_text(vm_clone.domain)
+    time.sleep(300)
+"""
+
+
+def test_next_session_reuses_the_golden_box_and_reap_removes_a_killed_clone(golden_vm, tmp_path):
+    (tmp_path / "test_hold.py").write_text(HOLDING.format(vagrantfile=str(DATA / "golden" / "Vagrantfile")))
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--buildenv=vm", "test_hold.py"],
+                            cwd=tmp_path, env={**os.environ, "READY": str(ready)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not ready.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.5)
+    domain = ready.read_text()
+    proc.send_signal(signal.SIGKILL)
+    out = proc.communicate()[0]
+    assert "provisioning golden VM" not in out  # the golden box was cached: no provisioning
+    assert domain in domains()
+    reaped = subprocess.run([sys.executable, "-m", "pytest_buildenv", "reap"], capture_output=True, text=True)
+    assert f"remove: vm {domain} " in reaped.stdout, reaped.stdout + reaped.stderr
+    assert domain not in domains()
+    assert f"{domain}.img" not in volumes()
+
+
+def test_missing_base_box_is_one_line(tmp_path):
+    with pytest.raises(VMError, match=r"^base box 'buildenv-test/absent' is not installed; vagrant box add"):
+        GoldenVM(DATA / "nobox" / "Vagrantfile", tmp_path).ensure()
+
+
+def test_failed_provisioning_shows_its_output_and_leaves_nothing(tmp_path):
+    before = set(domains())
+    with pytest.raises(VMError) as raised:
+        GoldenVM(DATA / "broken" / "Vagrantfile", tmp_path).ensure()
+    first, *rest = str(raised.value).splitlines()
+    assert first.startswith(f"provisioning the golden VM from {DATA / 'broken' / 'Vagrantfile'} failed: ")
+    assert "fix the provisioner" in first
+    assert "provision-step-output" in "\n".join(rest)
+    assert set(domains()) == before
+
+
+def test_ssh_never_up_shows_the_console(golden_vm, tmp_path):
+    before = set(domains())
+    with pytest.raises(VMError) as raised:
+        golden_vm.clone(tmp_path, test="too-impatient", boot_timeout=1)
+    message = str(raised.value)
+    assert message.startswith("booting clone ") and "the console said:" in message
+    assert set(domains()) == before
