@@ -27,13 +27,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from pytest_buildenv.plugin import SESSION_KEY
 
     bs = session.config.stash.get(SESSION_KEY, None)
-    if bs is None or not bs.uses_docker:
+    if bs is None or not bs.reaps:
         return
-    from pytest_buildenv.reaper import labelled_resources
     from pytest_buildenv.naming import ANY_OWNED
+    from pytest_buildenv.reaper import labelled_resources, labelled_vms
 
-    leaked_containers = [f for f in bs.findings_at_end if f.resource == "container"]
-    remaining = [f"{r.resource} {r.name}" for r in labelled_resources(bs.client, ANY_OWNED)]
+    leaked_containers = [f for f in bs.findings_at_end if f.resource in ("container", "vm")]
+    remaining = [f"{r.resource} {r.name}" for r in labelled_vms()]
+    if bs.uses_docker:
+        remaining += [f"{r.resource} {r.name}" for r in labelled_resources(bs.client, ANY_OWNED)]
     if leaked_containers or remaining:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         for line in [f"container {f.name} outlived its test" for f in leaked_containers] + \
