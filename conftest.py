@@ -29,13 +29,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     bs = session.config.stash.get(SESSION_KEY, None)
     if bs is None or not bs.reaps:
         return
-    from pytest_buildenv.naming import ANY_OWNED
+    from pytest_buildenv.naming import ANY_OWNED, LABEL_CACHE
     from pytest_buildenv.reaper import labelled_resources, labelled_vms
 
     leaked_containers = [f for f in bs.findings_at_end if f.resource in ("container", "vm")]
     remaining = [f"{r.resource} {r.name}" for r in labelled_vms()]
     if bs.uses_docker:
-        remaining += [f"{r.resource} {r.name}" for r in labelled_resources(bs.client, ANY_OWNED)]
+        # Provisioned snapshots are caches meant to outlive sessions (the snapshot tests remove theirs).
+        remaining += [f"{r.resource} {r.name}" for r in labelled_resources(bs.client, ANY_OWNED)
+                      if LABEL_CACHE not in r.labels]
     if leaked_containers or remaining:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         for line in [f"container {f.name} outlived its test" for f in leaked_containers] + \

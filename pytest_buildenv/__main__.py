@@ -16,18 +16,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reap.add_argument("--dry-run", action="store_true", help="list what would be removed, and why")
     reap.add_argument("--session", help="only this session's resources")
     reap.add_argument("--include-kept", action="store_true", help="also resources kept with --buildenv-keep")
+    reap.add_argument("--include-cache", action="store_true", help="also cached provisioned snapshots")
     reap.add_argument("--older-than", type=float, metavar="HOURS",
                       help="also remove other hosts' resources older than this")
     doctor = commands.add_parser("doctor", help="say, for each kind, whether it is usable here and why not")
     doctor.add_argument("--buildenv", default="", metavar="KIND[,KIND...]",
                         help="exit non-zero if one of these kinds is unavailable")
+    doctor.add_argument("--kind-bin", default="kind", help="the kind executable to check")
     args = parser.parse_args(argv)
     try:
         if args.command == "reap":
             return _reap(args)
         from .doctor import run_doctor
 
-        return run_doctor(args.buildenv)
+        return run_doctor(args.buildenv, kind_bin=args.kind_bin)
     except BuildEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -39,7 +41,7 @@ def _reap(args: argparse.Namespace) -> int:
 
     max_age = args.older_than * 3600 if args.older_than is not None else None
     findings = reap(connect(), dry_run=args.dry_run, session=args.session,
-                    include_kept=args.include_kept, foreign_max_age=max_age)
+                    include_kept=args.include_kept, foreign_max_age=max_age, include_cache=args.include_cache)
     for finding in findings:
         verb = "would remove" if args.dry_run and finding.action == "remove" else finding.action
         print(f"{verb}: {finding.resource} {finding.name} (session {finding.session}: {finding.reason})")

@@ -36,6 +36,8 @@ class ContainerSettings(LocalSettings):
     build_args: dict[str, str] = field(default_factory=dict)
     network: Optional[str] = None
     ssh_agent: bool = False
+    provision: tuple[str, ...] = ()  # commands run once in a fresh builder, committed to a cached snapshot
+    provision_user: str = "root"
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,9 @@ def merge(kind: str, layers: list[Layer]) -> Settings:
             raise ConfigError(f"{kind} setting {key!r} must be a mapping of names to strings")
         if key in values:
             values[key] = {str(k): str(v) for k, v in values[key].items()}
+    if "provision" in values:
+        steps = values["provision"]
+        values["provision"] = (steps,) if isinstance(steps, str) else tuple(str(step) for step in steps or ())
     if values.get("timeout") is not None:
         values["timeout"] = float(values["timeout"])
     return cls(**values)  # type: ignore[no-any-return]

@@ -8,7 +8,6 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import __version__
 from .config import KINDS
 from .errors import BackendUnavailable
 
@@ -57,45 +56,49 @@ def _dind(docker: Check) -> Check:
     return Check("dind", True, detail)
 
 
-def _kind(docker: Check) -> Check:
-    tools = {name: _version(argv) for name, argv in (("kind", ["kind", "version"]),
+def _kind(docker: Check, kind_bin: str) -> Check:
+    tools = {name: _version(argv) for name, argv in (("kind", [kind_bin, "version"]),
                                                       ("kubectl", ["kubectl", "version", "--client"]),
                                                       ("helm", ["helm", "version", "--short"]))}
     found = "; ".join(f"{name}: {v or 'not on PATH'}" for name, v in tools.items())
     if tools["kind"] is None:
-        return Check("kind", False, found, "install kind (go install sigs.k8s.io/kind@latest or a release binary) and put it on PATH")
+        return Check("kind", False, found, "install kind (a release binary from kind.sigs.k8s.io) on PATH, or pass --kind-bin")
     if not docker.ok:
         return Check("kind", False, f"{found}; {docker.detail}", docker.fix)
-    return Check("kind", False, f"{found}; the kind kind is not in pytest-buildenv {__version__} yet",
-                 "upgrade pytest-buildenv")
+    uses = {"kubectl": ".kubectl() and .port_forward()", "helm": ".helm_install()"}
+    missing = [f"{name} missing: {uses[name]} will fail" for name in uses if tools[name] is None]
+    note = f" ({'; '.join(missing)})" if missing else ""
+    return Check("kind", True, found + note)
 
 
 def _vm() -> Check:
+    from .backends import check_vagrant
+
     vagrant = _version(["vagrant", "--version"])
-    kvm = "/dev/kvm usable" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "/dev/kvm not usable (QEMU would run under TCG)"
-    if vagrant is None:
-        return Check("vm", False, f"vagrant not on PATH; {kvm}",
-                     "apt-get install vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86")
-    plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, timeout=60).stdout
-    provider = "vagrant-libvirt" if "vagrant-libvirt" in plugins else "no libvirt provider plugin"
-    return Check("vm", False, f"{vagrant}; {provider}; {kvm}; the vm kind is not in pytest-buildenv {__version__} yet",
-                 "upgrade pytest-buildenv")
+    kvm = "/dev/kvm usable" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "/dev/kvm not usable (QEMU runs under TCG)"
+    try:
+        check_vagrant()
+    except BackendUnavailable as exc:
+        detail, _, fix = str(exc).partition("; ")
+        return Check("vm", False, f"{detail}; {kvm}", fix)
+    return Check("vm", True, f"{vagrant}; vagrant-libvirt; libvirt qemu:///system reachable; {kvm}")
 
 
-def checks() -> list[Check]:
+def checks(kind_bin: str = "kind") -> list[Check]:
     docker = _docker()
-    found = [Check("local", True, "host workspace; commands run with sh and subprocess"), docker, _dind(docker), _kind(docker), _vm()]
+    found = [Check("local", True, "host workspace; commands run with sh and subprocess"), docker, _dind(docker),
+             _kind(docker, kind_bin), _vm()]
     return sorted(found, key=lambda check: KINDS.index(check.kind))
 
 
-def run_doctor(kinds_text: str = "", write: Callable[[str], None] = print) -> int:
+def run_doctor(kinds_text: str = "", write: Callable[[str], None] = print, kind_bin: str = "kind") -> int:
     required = [k.strip() for k in kinds_text.split(",") if k.strip()]
     unknown = [k for k in required if k not in KINDS]
     if unknown:
         write(f"unknown kind {unknown[0]!r}; choose from {', '.join(KINDS)}")
         return 2
     failed = []
-    for check in checks():
+    for check in checks(kind_bin):
         write(f"{check.kind:9} {'available' if check.ok else 'unavailable'}: {check.detail}")
         if check.fix and not check.ok:
             write(f"{'':9} fix: {check.fix}")

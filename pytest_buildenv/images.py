@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional
 from .engine import daemon_errors
 from .events import emit
 from .errors import ConfigError, ImageBuildError, tail
-from .naming import Owner, slug
+from .naming import LABEL_CACHE, Owner, slug
 
 if TYPE_CHECKING:
     import docker
@@ -122,6 +123,53 @@ class ImageBuilder:
                 reason = (exc.explanation or str(exc)).splitlines()[0][:160]
                 raise ConfigError(f"image {tag!r} is not present locally and could not be pulled ({reason}); "
                                   "build or load it first, or use dockerfile=") from exc
+
+    def snapshot(self, base: str, commands: tuple[str, ...], user: str = "root") -> str:
+        """`base` with `commands` run once and committed: cached across sessions by content."""
+        from filelock import FileLock
+
+        base_id = self.client.images.get(base).id
+        key = hashlib.sha256(json.dumps([base_id, list(commands), user]).encode()).hexdigest()
+        tag = f"buildenv-snapshot:{key[:20]}"
+        if tag in self._built.values():
+            return tag
+        lock = Path(tempfile.gettempdir()) / f"pytest-buildenv-snapshot-{key[:20]}.lock"
+        with FileLock(str(lock)):  # one provisioning per content on this host, however many sessions ask
+            if not self.client.images.list(filters={"label": f"{LABEL_CACHE}={key}"}):
+                self._provision(base, commands, user, tag, key)
+        self._built[tag] = tag
+        return tag
+
+    def _provision(self, base: str, commands: tuple[str, ...], user: str, tag: str, key: str) -> None:
+        import time as clock
+
+        from .backends.container import remove_container
+
+        self.progress(f"provisioning snapshot {tag} from {base} ({len(commands)} steps)")
+        started = clock.monotonic()
+        api = self.client.api
+        with daemon_errors(f"provisioning a snapshot of {base}"):
+            container = api.create_container(base, entrypoint=["sleep"], command=["infinity"], user=user,
+                                             labels=self.owner.labels("provision"),
+                                             host_config=api.create_host_config(init=True))["Id"]
+            try:
+                api.start(container)
+                for step in commands:
+                    exec_id = api.exec_create(container, ["sh", "-c", step], user=user)["Id"]
+                    output = api.exec_start(exec_id).decode("utf-8", errors="replace")
+                    code = api.exec_inspect(exec_id)["ExitCode"]
+                    if code != 0:
+                        raise ImageBuildError(f"provision step {step!r} exited {code} in {base}; fix the step "
+                                              f"(its output follows)\n{tail(output)}")
+                    if output.strip():
+                        self.progress(output.rstrip().splitlines()[-1])
+                labels = {**self.owner.labels("image"), LABEL_CACHE: key}
+                changes = [f'LABEL "{name}"="{value}"' for name, value in labels.items()]
+                api.commit(container, repository=tag.split(":")[0], tag=tag.split(":")[1], changes=changes)
+            finally:
+                remove_container(self.client, container)
+        emit("created", "image", tag, self.owner.session, snapshot=True)
+        self.progress(f"snapshot {tag} ready in {clock.monotonic() - started:.1f} s")
 
     def build(self, spec: BuildSpec) -> str:
         """Build `spec` (or reuse this session's build of the same content); return the tag."""

@@ -25,6 +25,7 @@ LABEL_VERSION = f"{PREFIX}.version"
 LABEL_KEEP = f"{PREFIX}.keep"
 LABEL_KIND = f"{PREFIX}.kind"
 LABEL_TEST = f"{PREFIX}.test"
+LABEL_CACHE = f"{PREFIX}.cache"  # a provisioned snapshot, kept across sessions (content key)
 LABEL_CLUSTER = f"{PREFIX}.cluster"  # on the volume that shadows a KIND cluster we created
 KIND_CLUSTER_LABEL = "io.x-k8s.kind.cluster"  # kind's own label on its node containers
 

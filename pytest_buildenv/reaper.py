@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from .events import emit
-from .naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION, session_filter
+from .naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CACHE, LABEL_CLUSTER, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION, session_filter
 
 if TYPE_CHECKING:
     import docker
@@ -163,8 +163,10 @@ def _remove_cluster(api: Any, cluster: str, shadow_volume: str) -> None:
 
 
 def judge(labels: dict[str, str], *, this_host: str, foreign_max_age: Optional[float],
-          include_kept: bool, now: Optional[float] = None) -> tuple[str, str]:
+          include_kept: bool, now: Optional[float] = None, include_cache: bool = False) -> tuple[str, str]:
     """(action, reason) for one resource: remove it, keep it, or only report it."""
+    if LABEL_CACHE in labels and not include_cache:
+        return "keep", "a cached provisioned snapshot, shared across sessions (remove with reap --include-cache)"
     if labels.get(LABEL_KEEP) == "true" and not include_kept:
         return "keep", "kept with --buildenv-keep (remove with reap --include-kept)"
     host, pid = labels.get(LABEL_HOST, "?"), int(labels.get(LABEL_PID, "0") or 0)
@@ -189,18 +191,18 @@ def labelled_vms(session: Optional[str] = None) -> Iterator[Labelled]:
 
 def reap(client: Optional[docker.DockerClient], *, dry_run: bool = False, session: Optional[str] = None,
          include_kept: bool = False, foreign_max_age: Optional[float] = None,
-         force: bool = False) -> list[Finding]:
+         force: bool = False, include_cache: bool = False) -> list[Finding]:
     """Remove dead owners' resources (or, with `force`, every resource of `session`)."""
     this_host = socket.gethostname()
     filters = session_filter(session) if session else ANY_OWNED
     findings = []
     docker_items = labelled_resources(client, filters) if client is not None else iter(())
     for item in itertools.chain(docker_items, labelled_vms(session)):
-        if force:
+        if force and (include_cache or LABEL_CACHE not in item.labels):
             action, reason = "remove", "session swept by its owner"
         else:
             action, reason = judge(item.labels, this_host=this_host, foreign_max_age=foreign_max_age,
-                                   include_kept=include_kept)
+                                   include_kept=include_kept, include_cache=include_cache)
         if action == "remove" and not dry_run:
             item.remove()
             emit("reaped", item.resource, item.name, item.labels.get(LABEL_SESSION, "?"), reason=reason)

@@ -243,9 +243,15 @@ class BuildEnvSession:
 
         if settings.dockerfile is not None:
             context = settings.context or settings.dockerfile.parent
-            return self.images.build(BuildSpec(settings.dockerfile, context, settings.target, settings.build_args))
-        if settings.image:
-            return self.images.from_tag(settings.image)
+            base = self.images.build(BuildSpec(settings.dockerfile, context, settings.target, settings.build_args))
+        elif settings.image:
+            base = self.images.from_tag(settings.image)
+        else:
+            base = ""
+        if base and settings.provision:
+            return self.images.snapshot(base, settings.provision, settings.provision_user)
+        if base:
+            return base
         raise ConfigError(f"no image for the {kind} kind; pass @pytest.mark.{kind}(image=...) or dockerfile=, "
                           f"set {kind}: image: in buildenv.yaml, or ini buildenv_image")
 
