@@ -51,6 +51,7 @@ def main() -> None:
     bare.destroy()
 
     clone_holder = []
+    (state / "ws").mkdir()
     t_clone = timed(lambda: clone_holder.append(golden.clone(state / "ws")))
     clone = clone_holder[0]
     try:
@@ -73,7 +74,7 @@ def main() -> None:
         machine = _vagrant(clone.dir, clone.dir / "snap.log")
         t_save = timed(lambda: machine.snapshot_save("boot"))
         clone.run("echo dirty > dirty", check=True)
-        t_restore = timed(lambda: machine.snapshot_restore("boot"))
+        t_restore = timed(lambda: (machine.snapshot_restore("boot"), clone.reconnect()))
         clean = not clone.artifact("dirty").exists
         print(f"snapshot: save {t_save:.1f} s, restore {t_restore:.1f} s (state reset: {clean}); "
               f"restore / fresh clone = {t_restore / t_clone:.2f}")

@@ -53,6 +53,7 @@ class VMSettings(LocalSettings):
     vagrantfile: Optional[Path] = None  # the golden VM's Vagrantfile (its directory holds the provisioners)
     provider: str = "libvirt"
     boot_timeout: float = 600
+    reset: str = "destroy"  # or "snapshot": one clone per process, restored to its boot snapshot between tests
 
 
 Settings = Union[LocalSettings, ContainerSettings, KindSettings, VMSettings]
@@ -151,6 +152,8 @@ def merge(kind: str, layers: list[Layer]) -> Settings:
     if "provision" in values:
         steps = values["provision"]
         values["provision"] = (steps,) if isinstance(steps, str) else tuple(str(step) for step in steps or ())
+    if kind == "vm" and values.get("reset", "destroy") not in ("destroy", "snapshot"):
+        raise ConfigError(f"vm setting reset must be 'destroy' or 'snapshot', not {values['reset']!r}")
     if values.get("timeout") is not None:
         values["timeout"] = float(values["timeout"])
     return cls(**values)  # type: ignore[no-any-return]

@@ -71,6 +71,7 @@ class BuildEnvSession:
         self.failed = False  # set by the plugin: a failed run exports cluster logs
         self._clusters: dict[str, KindCluster] = {}
         self._goldens: dict[str, GoldenVM] = {}
+        self._idle_vms: dict[str, Any] = {}  # reset="snapshot": each process's clone between tests
         self.spares: Optional[SparePool] = None  # the plugin turns pre-starting on
         self.is_session_owner = is_session_owner
         self.progress = progress or (lambda line: None)
@@ -165,9 +166,17 @@ class BuildEnvSession:
             from .backends.vm import VMClone
 
             golden = self.golden_for(settings)
-            return VMClone(golden.box, workspace, self.shared.directory, self.owner, test=test,
-                           environment=settings.environment, timeout=settings.timeout,
-                           boot_timeout=settings.boot_timeout)
+            if settings.reset == "snapshot" and golden.box in self._idle_vms:
+                clone = self._idle_vms.pop(golden.box)
+                clone.reset(workspace)
+                return clone
+            clone = VMClone(golden.box, workspace, self.shared.directory, self.owner, test=test,
+                            environment=settings.environment, timeout=settings.timeout,
+                            boot_timeout=settings.boot_timeout)
+            if settings.reset == "snapshot":
+                clone.save_boot_snapshot()
+                clone.reusable = True
+            return clone
         check_tooling(kind, self.kind_bin)  # raises BackendUnavailable for kinds this version lacks
         raise ConfigError(f"cannot make a {kind} environment")
 
@@ -259,6 +268,8 @@ class BuildEnvSession:
         started = time.monotonic()
         if self.owner.keep:
             self.stats.kept.append(describe_kept(env))
+        elif getattr(env, "reusable", False):
+            self._idle_vms[env.box] = env  # restored when the next test takes it; destroyed at the end
         else:
             env.close()
         self.stats.teardown_seconds += time.monotonic() - started
@@ -291,6 +302,8 @@ class BuildEnvSession:
         """Containers are removed in the background; this is where the session waits for them."""
         if self.spares is not None:
             self.spares.drain()
+        while self._idle_vms:
+            self._idle_vms.popitem()[1].close()
         if self._client is not None:
             from .backends.container import wait_for_removals
 

@@ -122,3 +122,21 @@ def test_ssh_never_up_shows_the_console(golden_vm, tmp_path):
     message = str(raised.value)
     assert message.startswith("booting clone ") and "the console said:" in message
     assert set(domains()) == before
+
+
+@pytest.mark.vm(vagrantfile="data/vm/golden/Vagrantfile", reset="snapshot")
+class TestSnapshotReset:
+    """reset="snapshot": one clone per process, restored to its boot snapshot between tests."""
+
+    seen: dict[str, str] = {}
+
+    def test_first_dirties_the_clone(self, vm_clone):
+        vm_clone.run("echo dirty > left-behind; sudo touch /etc/left-behind", check=True)
+        self.seen["domain"] = vm_clone.domain
+
+    def test_second_gets_the_same_clone_clean(self, vm_clone):
+        assert vm_clone.domain == self.seen["domain"]  # reused, not booted again
+        assert not vm_clone.artifact("left-behind").exists
+        assert vm_clone.run("test -e /etc/left-behind").exit_code == 1
+        assert [r.command for r in vm_clone.transcript] == ["test -e /etc/left-behind"]
+        assert vm_clone.run("cat /etc/buildenv-marker", check=True).ok

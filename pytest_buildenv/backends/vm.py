@@ -199,6 +199,7 @@ class VMClone(BuildEnv):
         self._write_vagrantfile(owner.labels("vm", test), boot_timeout)
         self._machine = _vagrant(self.dir, self._log)
         self._closed = False
+        self.reusable = False  # set by a session that resets this clone by snapshot between tests
         self._control: Optional[Path] = None
         emit("created", "vm", self.domain, owner.session)
         try:
@@ -237,8 +238,15 @@ end
 
     # --- running, over one SSH connection -------------------------------
     def _ssh(self, *remote: str) -> list[str]:
+        # Keep-alives turn a dead connection (a VM reset under it) into an error within 30 s, not a hang.
         return ["ssh", "-F", str(self.ssh_config), "-o", "ControlMaster=auto",
-                "-o", f"ControlPath={self._control}", "-o", "ControlPersist=600", "default", *remote]
+                "-o", f"ControlPath={self._control}", "-o", "ControlPersist=600",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6", "default", *remote]
+
+    def reconnect(self) -> None:
+        """Drop the shared SSH connection (after the VM was reset under it); the next command opens a new one."""
+        if self._control is not None and self._control.exists():
+            subprocess.run(self._ssh()[:-1] + ["-O", "exit", "default"], capture_output=True, timeout=30)
 
     def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
                  timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
@@ -291,6 +299,26 @@ end
         dest.parent.mkdir(parents=True, exist_ok=True)
         self._scp(f"default:{source}", str(dest))
 
+    BOOT_SNAPSHOT = "buildenv-boot"
+
+    def save_boot_snapshot(self) -> None:
+        """Remember this clone as it is now, so that reset() can bring it back in seconds."""
+        try:
+            self._machine.snapshot_save(self.BOOT_SNAPSHOT)
+        except subprocess.CalledProcessError:
+            raise _fail(f"snapshotting clone {self.name}", self._log, "the provider may not support snapshots; "
+                        "use reset='destroy'") from None
+
+    def reset(self, workspace: Path) -> None:
+        """Back to the boot snapshot, for the next test: a clean machine, a fresh transcript and workspace."""
+        try:
+            self._machine.snapshot_restore(self.BOOT_SNAPSHOT)
+        except subprocess.CalledProcessError:
+            raise _fail(f"restoring clone {self.name}", self._log) from None
+        self.reconnect()  # the guest's TCP state went back in time: the old connection is dead
+        self.workspace = workspace
+        self.transcript = type(self.transcript)()
+
     def logs(self) -> str:
         """The VM's serial console log (boot messages, kernel panics, login prompt)."""
         try:
@@ -303,8 +331,8 @@ end
         if self._closed:
             return
         self._closed = True
-        if getattr(self, "_control", None) is not None and self._control.exists():
-            subprocess.run(self._ssh()[:-1] + ["-O", "exit", "default"], capture_output=True)
+        if getattr(self, "_control", None) is not None:
+            self.reconnect()
         try:
             self._machine.destroy()
         except subprocess.CalledProcessError:
