@@ -9,7 +9,7 @@
    a local-only `pytest --co` imports docker, kubernetes or vagrant.
 4. The same container suite with -n 2 against -n 0.
 
-    python benchmarks/bench_speed.py [IMAGE] [ROUNDS]
+    python benchmarks/bench_speed.py [IMAGE] [ROUNDS] [--parts=1234]
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-IMAGE = sys.argv[1] if len(sys.argv) > 1 else "buildenv-test/busybox:1"
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+IMAGE = ARGS[0] if ARGS else "buildenv-test/busybox:1"
+ROUNDS = int(ARGS[1]) if len(ARGS) > 1 else 3
+PARTS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--parts=")), "1234")
 
 TESTS = """
 import pytest
@@ -84,11 +86,13 @@ def main() -> None:
     for label, args, marker in (("without spares", ("-o", "buildenv_spares=0"), ""),
                                 ("with spares (default)", (), ""),
                                 ("with spares, network='none'", (), "network='none'")):
+        if "1" not in PARTS:
+            break
         cost = marginal(args, marker)
         print(f"1. marginal cost per container test, {label}: {cost * 1000:.0f} ms = {cost / baseline:.2f}x docker run")
 
-    if "--no-provision" not in sys.argv:
-        provision = '["echo provisioned > /opt/marker", "sleep 3"]'
+    if "2" in PARTS:
+        provision = '["mkdir -p /opt && echo provisioned > /opt/marker", "sleep 3"]'
         bare = project(PROVISIONED.format(n=11, marker=""))
         prov = project(PROVISIONED.format(n=11, marker=f"provision={provision}, provision_user='root'"))
         pytest_time(prov)  # the first session provisions (and caches) the snapshot
@@ -97,6 +101,8 @@ def main() -> None:
         print(f"2. 11 tests on a provisioned snapshot / on the bare image: {t_prov / t_bare:.2f} "
               f"(includes a 3 s provisioning step that the cache skips)")
 
+    if "3" not in PARTS and "4" not in PARTS:
+        return
     code = ("import sys, time; t=time.perf_counter(); import pytest; m=time.perf_counter(); "
             "import pytest_buildenv.plugin; e=time.perf_counter(); print((m-t)*1000, (e-m)*1000)")
     samples = [tuple(map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

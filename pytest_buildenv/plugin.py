@@ -244,7 +244,7 @@ def _workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
         from .spares import SparePool
 
         # Under basetemp, so that it is on a bind mount when pytest runs in a runner container.
-        root = request.config._tmp_path_factory.getbasetemp() / "buildenv-workspaces"  # type: ignore[attr-defined]
+        root = request.getfixturevalue("tmp_path_factory").getbasetemp() / "buildenv-workspaces"
         bs.spares = SparePool(root, depth=spares)
     workspace = tmp_path / "workspace"
     workspace.mkdir()

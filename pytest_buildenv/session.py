@@ -333,6 +333,8 @@ class BuildEnvSession:
 
 
 def describe_kept(env: BuildEnv) -> str:
+    if env.kind == "vm":
+        return f"vm {getattr(env, 'domain', '?')}: cd {getattr(env, 'dir', '?')} && vagrant ssh"
     name = getattr(env, "name", None)
     if name:
         return f"{env.kind} {name}: docker exec -it {name} sh   (workspace {env.workspace})"
