@@ -75,7 +75,8 @@ def _vm() -> Check:
     from .backends import check_vagrant
 
     vagrant = _version(["vagrant", "--version"])
-    kvm = "/dev/kvm usable" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "/dev/kvm not usable (QEMU runs under TCG)"
+    kvm = ("/dev/kvm accessible" if os.access("/dev/kvm", os.R_OK | os.W_OK)
+           else "/dev/kvm not accessible (QEMU runs under TCG)")
     try:
         check_vagrant()
     except BackendUnavailable as exc:

@@ -13,7 +13,7 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 from .errors import BuildEnvError
 
@@ -77,9 +77,9 @@ def _client(client: Optional[docker.DockerClient]) -> docker.DockerClient:
     return connect()
 
 
-def _list_layer(fileobj: Iterable[bytes] | object) -> LayerInfo:
+def _list_layer(fileobj: Any) -> LayerInfo:
     files, deleted, opaque = {}, set(), set()
-    with tarfile.open(fileobj=fileobj, mode="r|") as layer:  # type: ignore[arg-type]
+    with tarfile.open(fileobj=fileobj, mode="r|") as layer:
         for member in layer:
             path = PurePosixPath(member.name)
             if path.name == ".wh..wh..opq":
@@ -96,7 +96,7 @@ def read_layers(image: str, client: Optional[docker.DockerClient] = None) -> lis
     saved = _client(client).images.get(image).save(named=False)
     listings: dict[str, LayerInfo] = {}
     manifest = None
-    stream = io.BufferedReader(_ChunkReader(saved), buffer_size=1 << 20)
+    stream = io.BufferedReader(_ChunkReader(saved), buffer_size=1 << 20)  # type: ignore[type-var]
     with tarfile.open(fileobj=stream, mode="r|") as archive:
         for member in archive:
             if member.name == "manifest.json":

@@ -301,7 +301,7 @@ def vm_clone(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 # --- reports ---------------------------------------------------------------------
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     envs = item.stash.get(ENVS_KEY, None)
     if report.failed:

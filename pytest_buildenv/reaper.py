@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
@@ -136,23 +137,19 @@ def labelled_resources(client: docker.DockerClient, filters: dict[str, list[str]
     api = client.api
     for c in api.containers(all=True, filters=filters):
         yield Labelled("container", c["Id"], c["Names"][0].lstrip("/"), c["Labels"] or {},
-                       quietly(lambda cid=c["Id"]: api.remove_container(cid, force=True, v=True)))
+                       quietly(partial(api.remove_container, c["Id"], force=True, v=True)))
     for n in api.networks(filters=filters):
-        yield Labelled("network", n["Id"], n["Name"], n.get("Labels") or {},
-                       quietly(lambda nid=n["Id"]: api.remove_network(nid)))
+        yield Labelled("network", n["Id"], n["Name"], n.get("Labels") or {}, quietly(partial(api.remove_network, n["Id"])))
     for v in api.volumes(filters=filters).get("Volumes") or []:
         labels = v.get("Labels") or {}
         if LABEL_CLUSTER in labels:  # the shadow of a KIND cluster: remove its nodes with it
             cluster = labels[LABEL_CLUSTER]
-            yield Labelled("cluster", v["Name"], cluster, labels,
-                           quietly(lambda name=v["Name"], cluster=cluster: _remove_cluster(api, cluster, name)))
+            yield Labelled("cluster", v["Name"], cluster, labels, quietly(partial(_remove_cluster, api, cluster, v["Name"])))
             continue
-        yield Labelled("volume", v["Name"], v["Name"], labels,
-                       quietly(lambda name=v["Name"]: api.remove_volume(name, force=True)))
+        yield Labelled("volume", v["Name"], v["Name"], labels, quietly(partial(api.remove_volume, v["Name"], force=True)))
     for i in api.images(filters=filters):
         name = (i.get("RepoTags") or [i["Id"]])[0]
-        yield Labelled("image", i["Id"], name, i.get("Labels") or {},
-                       quietly(lambda iid=i["Id"]: api.remove_image(iid, force=True)))
+        yield Labelled("image", i["Id"], name, i.get("Labels") or {}, quietly(partial(api.remove_image, i["Id"], force=True)))
 
 
 def _remove_cluster(api: Any, cluster: str, shadow_volume: str) -> None:
@@ -186,7 +183,7 @@ def labelled_vms(session: Optional[str] = None) -> Iterator[Labelled]:
 
     for name, labels in labelled_domains():
         if session is None or labels.get(LABEL_SESSION) == session:
-            yield Labelled("vm", name, name, labels, lambda name=name: destroy_domain(name))
+            yield Labelled("vm", name, name, labels, partial(destroy_domain, name))
 
 
 def reap(client: Optional[docker.DockerClient], *, dry_run: bool = False, session: Optional[str] = None,

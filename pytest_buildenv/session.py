@@ -185,7 +185,6 @@ class BuildEnvSession:
         import hashlib
         import json
 
-        from .backends.kind import KindCluster
 
         key = hashlib.sha256(json.dumps([settings.image, settings.config, settings.wait, settings.cluster],
                                         default=str).encode()).hexdigest()[:8]
@@ -269,7 +268,7 @@ class BuildEnvSession:
         if self.owner.keep:
             self.stats.kept.append(describe_kept(env))
         elif getattr(env, "reusable", False):
-            self._idle_vms[env.box] = env  # restored when the next test takes it; destroyed at the end
+            self._idle_vms[getattr(env, "box")] = env  # restored when the next test takes it; destroyed at the end
         else:
             env.close()
         self.stats.teardown_seconds += time.monotonic() - started

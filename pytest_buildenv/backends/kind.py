@@ -244,25 +244,11 @@ class KindCluster:
             time.sleep(interval)
 
     def _not_ready(self, what: str, name: Optional[str], namespace: str) -> list[str]:
-        from kubernetes import client as k8s
-
-        if what in ("deployment", "deployments"):
-            apps = k8s.AppsV1Api(self.api)
-            items = [apps.read_namespaced_deployment(name, namespace)] if name else \
-                apps.list_namespaced_deployment(namespace).items
-            return [f"deployment/{d.metadata.name} ({d.status.ready_replicas or 0}/{d.spec.replicas} ready)"
-                    for d in items if (d.status.ready_replicas or 0) < (d.spec.replicas or 0)]
-        core = k8s.CoreV1Api(self.api)
-        if what in ("pod", "pods"):
-            items = [core.read_namespaced_pod(name, namespace)] if name else core.list_namespaced_pod(namespace).items
-            return [f"pod/{p.metadata.name} ({p.status.phase})" for p in items
-                    if p.status.phase != "Running" or not all(c.ready for c in p.status.container_statuses or [])]
-        if what in ("node", "nodes"):
-            items = core.list_node().items
-            return [f"node/{n.metadata.name}" for n in items
-                    if not any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])] \
-                or ([] if items else ["no nodes yet"])
-        raise ConfigError(f"wait_ready() knows deployment, pod and node, not {what!r}")
+        checks = {"deployment": _deployments_not_ready, "pod": _pods_not_ready, "node": _nodes_not_ready}
+        check = checks.get(what.rstrip("s"))
+        if check is None:
+            raise ConfigError(f"wait_ready() knows deployment, pod and node, not {what!r}")
+        return check(self.api, name, namespace)
 
     @contextlib.contextmanager
     def port_forward(self, target: str, remote_port: int, local_port: Optional[int] = None,
@@ -288,6 +274,34 @@ class KindCluster:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _deployments_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
+    from kubernetes import client as k8s
+
+    apps: Any = k8s.AppsV1Api(api)
+    items = [apps.read_namespaced_deployment(name, namespace)] if name else apps.list_namespaced_deployment(namespace).items
+    return [f"deployment/{d.metadata.name} ({d.status.ready_replicas or 0}/{d.spec.replicas} ready)"
+            for d in items if (d.status.ready_replicas or 0) < (d.spec.replicas or 0)]
+
+
+def _pods_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
+    from kubernetes import client as k8s
+
+    core: Any = k8s.CoreV1Api(api)
+    items = [core.read_namespaced_pod(name, namespace)] if name else core.list_namespaced_pod(namespace).items
+    return [f"pod/{p.metadata.name} ({p.status.phase})" for p in items
+            if p.status.phase != "Running" or not all(c.ready for c in p.status.container_statuses or [])]
+
+
+def _nodes_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
+    from kubernetes import client as k8s
+
+    items = [n for n in k8s.CoreV1Api(api).list_node().items if name is None or n.metadata.name == name]  # type: ignore[union-attr]
+    if not items:
+        return ["no nodes yet"]
+    return [f"node/{n.metadata.name}" for n in items  # type: ignore[union-attr]
+            if not any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])]  # type: ignore[union-attr]
 
 
 def _free_port() -> int:
