@@ -115,12 +115,15 @@ def test_failed_provisioning_shows_its_output_and_leaves_nothing(tmp_path):
     assert set(domains()) == before
 
 
-def test_ssh_never_up_shows_the_console(golden_vm, tmp_path):
+def test_ssh_never_up_shows_the_console(tmp_path):
+    golden = GoldenVM(DATA / "nossh" / "Vagrantfile", tmp_path)
+    golden.ensure()
     before = set(domains())
     with pytest.raises(VMError) as raised:
-        golden_vm.clone(tmp_path, test="too-impatient", boot_timeout=1)
+        golden.clone(tmp_path, test="no-ssh", boot_timeout=20)
     message = str(raised.value)
     assert message.startswith("booting clone ") and "the console said:" in message
+    assert "login:" in message  # the machine booted: it is SSH that never answered
     assert set(domains()) == before
 
 
