@@ -119,10 +119,15 @@ def main() -> None:
     print(f"   local-only pytest --co imports: {next(l for l in out.splitlines() if l.startswith('HEAVY'))[6:]}")
 
     suite = project(TESTS.format(n=40, marker="").replace('["true"]', '"sleep 0.2"'))
-    serial = statistics.median(pytest_time(suite) for _ in range(ROUNDS))
-    parallel = statistics.median(pytest_time(suite, "-n", "2") for _ in range(ROUNDS))
-    print(f"4. 40 container tests: -n 0 {serial:.1f} s, -n 2 {parallel:.1f} s: speed-up {serial / parallel:.2f}x")
-
+    times = {}
+    for spares in ("0", "2"):
+        serial = statistics.median(pytest_time(suite, "-o", f"buildenv_spares={spares}") for _ in range(ROUNDS))
+        parallel = statistics.median(pytest_time(suite, "-n", "2", "-o", f"buildenv_spares={spares}")
+                                     for _ in range(ROUNDS))
+        times[spares] = (serial, parallel)
+        print(f"4. 40 container tests, spares={spares}: -n 0 {serial:.1f} s, -n 2 {parallel:.1f} s: "
+              f"speed-up {serial / parallel:.2f}x")
+    print(f"   -n 2 with spares against -n 0 without: {times['0'][0] / times['2'][1]:.2f}x")
 
 if __name__ == "__main__":
     main()
