@@ -18,6 +18,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker with --dist loadgroup")
 
 
+def wait_until_written(path, proc, timeout: float) -> str:
+    """Wait for a session under test to write `path` (its test holds a resource); fail with its output
+    if it dies first or takes longer than `timeout`. Returns what it wrote."""
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.time() < deadline, f"{path} not written within {timeout:g} s"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+@pytest.fixture
+def wait_written():
+    return wait_until_written
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """After the plugin's own sweep: fail the run if any labelled resource remains, or if the

@@ -275,7 +275,7 @@ def test_failed_run_exports_cluster_logs_to_artifacts(tmp_path, client):
     assert len(exported) == 1
 
 
-def test_reaped_after_sigkill(tmp_path, client):
+def test_reaped_after_sigkill(tmp_path, client, wait_written):
     project = tmp_path / "project"
     project.mkdir()
     ready = tmp_path / "ready"
@@ -285,11 +285,7 @@ def test_reaped_after_sigkill(tmp_path, client):
         f"    pathlib.Path({str(ready)!r}).write_text(kind_cluster.name)\n"
         "    time.sleep(120)\n")
     proc = run_session(project, tmp_path / "e.jsonl")
-    deadline = time.time() + 120
-    while not ready.exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.1)
-    name = ready.read_text()
+    name = wait_written(ready, proc, timeout=120)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(nodes(client, name)) == 1

@@ -50,8 +50,9 @@ def client():
 class Project:
     """A scratch project whose pytest sessions run as real processes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, wait_written) -> None:
         self.root = root
+        self.wait_written = wait_written
         (root / "tox.ini").write_text(f"[pytest]\nbuildenv_image = {BUSYBOX}\naddopts = -p no:cacheprovider\n")
         (root / "test_hold.py").write_text(HOLDING_TEST)
         (root / "test_quick.py").write_text(QUICK_TEST)
@@ -63,11 +64,7 @@ class Project:
     def start_holding(self, *args: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, "-m", "pytest", "test_hold.py", "--buildenv=container", *args],
                                 cwd=self.root, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 60
-        while not self.ready.exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.time() < deadline, "the holding test never started"
-            time.sleep(0.05)
+        self.wait_written(self.ready, proc, timeout=60)
         return proc
 
     def container_name(self) -> str:
@@ -79,8 +76,8 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path):
-    return Project(tmp_path)
+def project(tmp_path, wait_written):
+    return Project(tmp_path, wait_written)
 
 
 def _exists(client, name: str) -> bool:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -78,17 +77,13 @@ def test_hold(vm_clone):
 """
 
 
-def test_next_session_reuses_the_golden_box_and_reap_removes_a_killed_clone(golden_vm, tmp_path):
+def test_next_session_reuses_the_golden_box_and_reap_removes_a_killed_clone(golden_vm, tmp_path, wait_written):
     (tmp_path / "test_hold.py").write_text(HOLDING.format(vagrantfile=str(DATA / "golden" / "Vagrantfile")))
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--buildenv=vm", "test_hold.py"],
                             cwd=tmp_path, env={**os.environ, "READY": str(ready)}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
-    while not ready.exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.5)
-    domain = ready.read_text()
+    domain = wait_written(ready, proc, timeout=600)
     proc.send_signal(signal.SIGKILL)
     out = proc.communicate()[0]
     assert "provisioning golden VM" not in out  # the golden box was cached: no provisioning
