@@ -13,9 +13,16 @@ BUSYBOX = os.environ.get("BUILDENV_TEST_BUSYBOX", "buildenv-test/busybox:1")
 GCC = os.environ.get("BUILDENV_TEST_GCC", "buildenv-test/gcc:1")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Known with or without pytest-xdist, so --strict-markers passes either way.
-    config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker with --dist loadgroup")
+@pytest.fixture
+def one_session_at_a_time(tmp_path_factory):
+    """Tests that start sessions of their own run one at a time, whatever the xdist worker: every
+    session reaps dead owners when it starts, and a concurrent one would reap what a test killed
+    on purpose before the test's own session could. (xdist's loadgroup would do this, but its
+    nodeid suffix no longer takes with pytest 9.2.)"""
+    from filelock import FileLock
+
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "one-session-at-a-time.lock")):
+        yield
 
 
 def wait_until_written(path, proc, timeout: float) -> str:

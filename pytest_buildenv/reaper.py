@@ -132,6 +132,7 @@ def labelled_resources(client: docker.DockerClient, filters: dict[str, list[str]
             except sdk.errors.APIError as exc:
                 if exc.status_code != 409 and "in progress" not in str(exc):
                     raise
+                emit("reap-conflict", "resource", str(exc)[:300])
         return run
 
     api = client.api

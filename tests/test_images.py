@@ -10,10 +10,10 @@ from pytest_buildenv import ConfigError, ImageBuildError
 from pytest_buildenv.images import BuildSpec, ImageBuilder
 from pytest_buildenv.naming import LABEL_SESSION, Owner
 
-# These tests start pytest sessions of their own, and every session reaps dead owners'
-# resources when it starts: run them one at a time (one xdist group), so that the
-# sessions they kill on purpose are reaped by the session each test expects.
-pytestmark = pytest.mark.xdist_group("sessions")
+# These tests start pytest sessions of their own, and every session reaps dead owners' resources
+# when it starts: one at a time, so that the sessions they kill on purpose are reaped by the one
+# each test expects (see one_session_at_a_time in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_session_at_a_time")
 
 DATA = Path(__file__).parent / "data" / "images"
 

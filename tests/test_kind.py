@@ -29,10 +29,10 @@ FAKE_KUBECTL = str(FAKES / "kubectl")
 sys.path.insert(0, str(FAKES))
 from fake_kube_api import FakeKubeAPI  # noqa: E402
 
-# These tests start pytest sessions of their own, and every session reaps dead owners'
-# resources when it starts: run them one at a time (one xdist group), so that the
-# sessions they kill on purpose are reaped by the session each test expects.
-pytestmark = pytest.mark.xdist_group("sessions")
+# These tests start pytest sessions of their own, and every session reaps dead owners' resources
+# when it starts: one at a time, so that the sessions they kill on purpose are reaped by the one
+# each test expects (see one_session_at_a_time in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_session_at_a_time")
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ from pytest_buildenv.events import read as read_events
 from pytest_buildenv.naming import LABEL_SESSION, Owner
 from pytest_buildenv.reaper import judge, reap
 
-# These tests start pytest sessions of their own, and every session reaps dead owners'
-# resources when it starts: run them one at a time (one xdist group), so that the
-# sessions they kill on purpose are reaped by the session each test expects.
-pytestmark = pytest.mark.xdist_group("sessions")
+# These tests start pytest sessions of their own, and every session reaps dead owners' resources
+# when it starts: one at a time, so that the sessions they kill on purpose are reaped by the one
+# each test expects (see one_session_at_a_time in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_session_at_a_time")
 
 BUSYBOX = "buildenv-test/busybox:1"
 
@@ -111,7 +111,7 @@ def test_reap_command_dry_run_then_remove(project, client):
     assert _exists(client, name)
     real = project.run("-m", "pytest_buildenv", "reap")
     assert f"remove: container {name} " in real.stdout
-    assert not _exists(client, name)
+    assert not _exists(client, name), (real.stdout, real.stderr, client.containers.get(name).attrs["State"])
 
 
 def test_a_live_session_is_never_touched(project, client):

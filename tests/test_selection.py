@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+# These tests start pytest sessions of their own, and every session reaps dead owners' resources
+# when it starts: one at a time, so that the sessions they kill on purpose are reaped by the one
+# each test expects (see one_session_at_a_time in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_session_at_a_time")
+
 BUSYBOX = "buildenv-test/busybox:1"
 
 TWO_KIND_TEST = """
 import pytest
-
-# These tests start pytest sessions of their own, and every session reaps dead owners'
-# resources when it starts: run them one at a time (one xdist group), so that the
-# sessions they kill on purpose are reaped by the session each test expects.
-pytestmark = pytest.mark.xdist_group("sessions")
 
 def test_runs(buildenv):
     assert buildenv.run("echo ok", check=True).stdout == "ok\\n"

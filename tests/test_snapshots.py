@@ -15,7 +15,7 @@ from pytest_buildenv.events import read as read_events
 from pytest_buildenv.images import ImageBuilder
 from pytest_buildenv.naming import LABEL_CACHE, Owner, new_session_id
 
-pytestmark = pytest.mark.xdist_group("sessions")
+pytestmark = pytest.mark.usefixtures("one_session_at_a_time")
 BUSYBOX = "buildenv-test/busybox:1"
 
 

@@ -21,7 +21,7 @@ from pytest_buildenv.backends.vm import GoldenVM
 DATA = Path(__file__).parent / "data" / "vm"
 HELLO = Path(__file__).parent.parent / "examples" / "hello"
 
-pytestmark = [pytest.mark.vm(vagrantfile="data/vm/golden/Vagrantfile"), pytest.mark.xdist_group("vm")]
+pytestmark = [pytest.mark.vm(vagrantfile="data/vm/golden/Vagrantfile"), pytest.mark.usefixtures("one_session_at_a_time")]
 
 
 def domains() -> list[str]:
