@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import pytest
 
@@ -15,6 +15,7 @@ from .naming import Owner, new_session_id
 
 SESSION_KEY = pytest.StashKey["Any"]()
 ENVS_KEY = pytest.StashKey[list]()
+T = TypeVar("T")
 
 FIXTURE_KINDS = {"builder_container": "container", "dind_sibling": "dind", "kind_cluster": "kind",
                  "golden_vm": "vm", "vm_clone": "vm"}
@@ -218,18 +219,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # --- fixtures --------------------------------------------------------------------
+def _test_settings(request: pytest.FixtureRequest, kind: str) -> Any:
+    """The kind's settings for this test: ini < buildenv.yaml < the test's marker."""
+    marker = request.node.get_closest_marker(kind)
+    return _session(request.config).settings(kind, marker.kwargs if marker else {}, request.node.path.parent,
+                                             request.node.nodeid)
+
+
+def _or_fail(make: Callable[[], T]) -> T:
+    """`make()`, or the test fails in the error's one line (raised outside the except: no chained traceback)."""
+    try:
+        return make()
+    except BuildEnvError as exc:
+        failure = str(exc)
+    pytest.fail(failure, pytrace=False)
+
+
 def _open_env(request: pytest.FixtureRequest, kind: str, workspace: Path) -> Iterator[Any]:
     bs = _session(request.config)
-    marker = request.node.get_closest_marker(kind)
-    try:
-        settings = bs.settings(kind, marker.kwargs if marker else {}, request.node.path.parent, request.node.nodeid)
-        env = bs.open(kind, settings, workspace, request.node.nodeid)
-    except BuildEnvError as exc:
-        failure = str(exc)  # reported below, outside the except: one line, no chained traceback
-    else:
-        failure = ""
-    if failure:
-        pytest.fail(failure, pytrace=False)
+    env = _or_fail(lambda: bs.open(kind, _test_settings(request, kind), workspace, request.node.nodeid))
     request.node.stash.setdefault(ENVS_KEY, []).append(env)
     try:
         yield env
@@ -280,16 +288,7 @@ def kind_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any
 @pytest.fixture
 def golden_vm(request: pytest.FixtureRequest) -> Any:
     """The run's golden VM: the Vagrantfile provisioned once and frozen into a box (cached by content)."""
-    bs = _session(request.config)
-    marker = request.node.get_closest_marker("vm")
-    try:
-        settings = bs.settings("vm", marker.kwargs if marker else {}, request.node.path.parent, request.node.nodeid)
-        golden = bs.golden_for(settings)
-    except BuildEnvError as exc:
-        failure = str(exc)
-    else:
-        return golden
-    pytest.fail(failure, pytrace=False)
+    return _or_fail(lambda: _session(request.config).golden_for(_test_settings(request, "vm")))
 
 
 @pytest.fixture

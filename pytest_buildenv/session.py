@@ -70,7 +70,7 @@ class BuildEnvSession:
         self.artifacts_dir = artifacts_dir
         self.failed = False  # set by the plugin: a failed run exports cluster logs
         self._clusters: dict[str, KindCluster] = {}
-        self._goldens: dict[str, GoldenVM] = {}
+        self._goldens: dict[tuple[str, str], GoldenVM] = {}
         self._idle_vms: dict[str, Any] = {}  # reset="snapshot": each process's clone between tests
         self.spares: Optional[SparePool] = None  # the plugin turns pre-starting on
         self.is_session_owner = is_session_owner
@@ -185,20 +185,17 @@ class BuildEnvSession:
         import hashlib
         import json
 
-
         key = hashlib.sha256(json.dumps([settings.image, settings.config, settings.wait, settings.cluster],
                                         default=str).encode()).hexdigest()[:8]
         if key not in self._clusters:
             def create() -> dict[str, Any]:
                 name = settings.cluster or f"buildenv-{self.owner.session}-{key[:6]}"
                 self.progress(f"creating KIND cluster {name}" if not settings.cluster else f"reusing KIND cluster {name}")
-                cluster = self._cluster(name, settings, reuse=bool(settings.cluster))
-                cluster.create()
-                return {"type": "kind", "name": name, "reuse": bool(settings.cluster),
-                        "image": settings.image, "config": settings.config, "wait": settings.wait}
+                self._cluster(name, reuse=bool(settings.cluster), settings=settings).create()
+                return {"type": "kind", "name": name, "reuse": bool(settings.cluster)}
 
             record = self.shared.get_or_create(f"kind-{key}", create)
-            self._clusters[key] = self._cluster(record["name"], settings, reuse=record["reuse"])
+            self._clusters[key] = self._cluster(record["name"], reuse=record["reuse"])
         return self._clusters[key]
 
     def golden_for(self, settings: VMSettings) -> GoldenVM:
@@ -208,34 +205,34 @@ class BuildEnvSession:
         if settings.vagrantfile is None:
             raise ConfigError("no Vagrantfile for the vm kind; pass @pytest.mark.vm(vagrantfile=...), "
                               "vm: vagrantfile: in buildenv.yaml, or --vagrantfile")
-        golden = GoldenVM(settings.vagrantfile, self.shared.directory, provider=settings.provider,
-                          progress=self.progress)
-        if golden.box not in self._goldens:
+        key = (str(settings.vagrantfile), settings.provider)
+        if key not in self._goldens:  # hashing the Vagrantfile's directory once per session is enough
+            golden = GoldenVM(settings.vagrantfile, self.shared.directory, provider=settings.provider,
+                              progress=self.progress)
             record = self.shared.get_or_create(f"golden-{golden.hash[:16]}", lambda: {
                 "type": "golden", "box": golden.ensure(), "provisioned": golden.provisioned_now})
             golden.provisioned_now = bool(record["provisioned"] and record["created_here"])
-            golden.owner, golden.state_dir = self.owner, self.shared.directory
-            self._goldens[golden.box] = golden
-        return self._goldens[golden.box]
+            golden.owner = self.owner
+            self._goldens[key] = golden
+        return self._goldens[key]
 
-    def _cluster(self, name: str, settings: Any, reuse: bool) -> KindCluster:
+    def _cluster(self, name: str, reuse: bool, settings: Optional[KindSettings] = None) -> KindCluster:
+        """A handle on a session cluster; `settings` only matter to the process that creates it."""
         from .backends.kind import KindCluster
 
-        config = settings.config if isinstance(settings, KindSettings) else settings.get("config")
-        return KindCluster(name, self.shared.directory, kind_bin=self.kind_bin, image=getattr(settings, "image", None),
-                           config=config, wait=getattr(settings, "wait", "120s"), reuse=reuse,
-                           owner=self.session_owner, client=self.client)
+        options: dict[str, Any] = {}
+        if settings is not None:
+            options = {"image": settings.image, "config": settings.config, "wait": settings.wait}
+        return KindCluster(name, self.shared.directory, kind_bin=self.kind_bin, reuse=reuse,
+                           owner=self.session_owner, client=self.client, **options)
 
     def teardown_clusters(self) -> list[str]:
         """Session owner, at the end: export logs if anything failed, then delete each cluster we made."""
-        from .backends.kind import KindCluster
-
         done = []
         for record in self.shared.records().values():
             if record.get("type") != "kind":
                 continue
-            cluster = KindCluster(record["name"], self.shared.directory, kind_bin=self.kind_bin,
-                                  reuse=record["reuse"], owner=self.session_owner, client=self.client)
+            cluster = self._cluster(record["name"], reuse=record["reuse"])
             if self.failed and self.artifacts_dir is not None:
                 cluster.export_logs(self.artifacts_dir / f"kind-{cluster.name}")
             if self.owner.keep:
