@@ -94,12 +94,16 @@ def test_explicit_kind_without_daemon_is_an_error_not_a_skip(project, monkeypatc
     assert "fix or unset DOCKER_HOST" in errors[0]
 
 
-def test_explicit_kind_without_kind_binary_is_an_error(project, monkeypatch):
+@pytest.mark.parametrize("kind, error", [
+    ("kind", "ERROR: `kind` executable not found on PATH*"),
+    ("vm", "ERROR: `vagrant` not found on PATH; apt-get install vagrant*"),
+])
+def test_explicit_kind_without_its_executable_is_an_error(project, monkeypatch, kind, error):
     monkeypatch.setenv("PATH", "/nonexistent")
     project.makepyfile(TWO_KIND_TEST)
-    result = project.runpytest("--buildenv=kind")
+    result = project.runpytest(f"--buildenv={kind}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: `kind` executable not found on PATH*"])
+    result.stderr.fnmatch_lines([error])
 
 
 def test_malformed_yaml_is_one_line_usage_error(project):
@@ -175,10 +179,3 @@ def test_fixture_for_disabled_kind_skips_naming_the_option(project):
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*run with --buildenv=container*"])
 
-
-def test_vm_kind_without_vagrant_is_an_error(project, monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
-    project.makepyfile(TWO_KIND_TEST)
-    result = project.runpytest("--buildenv=vm")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: `vagrant` not found on PATH; apt-get install vagrant*"])
