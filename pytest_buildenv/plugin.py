@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -39,6 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("buildenv_image", "default image for container and dind")
     parser.addini("buildenv_timeout", "default per-command timeout in seconds")
     parser.addini("buildenv_spares", "builders pre-started per settings while tests run (0: none)", default="2")
+    parser.addini("buildenv_share_network", "builders of one process join a holder's network namespace "
+                  "(one open builder per holder) instead of each making one", type="bool", default=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -83,6 +86,7 @@ def _make_session(config: pytest.Config) -> Any:
         kind_bin=kind_bin,
         artifacts_dir=Path(artifacts).resolve() if artifacts else None,
         progress=_progress_writer(config),
+        share_network=config.getini("buildenv_share_network"),
     )
 
 
@@ -254,7 +258,8 @@ def _workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
         # Under basetemp, so that it is on a bind mount when pytest runs in a runner container.
         root = request.getfixturevalue("tmp_path_factory").getbasetemp() / "buildenv-workspaces"
         bs.spares = SparePool(root, depth=spares)
-    workspace = tmp_path / "workspace"
+    # One per environment: a test may open two (say `buildenv` and `builder_container`).
+    workspace = next(p for p in (tmp_path / f"workspace{n or ''}" for n in itertools.count()) if not p.exists())
     workspace.mkdir()
     return workspace
 

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, cast
 
 from .backends import check_tooling
 from .backends.base import BuildEnv
@@ -22,10 +22,12 @@ from .sharing import SharedState
 if TYPE_CHECKING:
     import docker
 
+    from .backends.container import ContainerEnv
     from .backends.kind import KindCluster
     from .backends.vm import GoldenVM
     from .hostpaths import HostPaths
     from .images import ImageBuilder
+    from .netns import SharedNetworks
     from .spares import SparePool
     from .reaper import Finding
 
@@ -55,7 +57,7 @@ class BuildEnvSession:
                  file_layers: Optional[dict[str, Layer]] = None,
                  ini_layers: Optional[dict[str, Layer]] = None, is_session_owner: bool = True,
                  kind_bin: str = "kind", artifacts_dir: Optional[Path] = None,
-                 progress: Optional[Progress] = None) -> None:
+                 progress: Optional[Progress] = None, share_network: bool = True) -> None:
         self.selection = selection
         self.owner = owner
         # Shared resources (session images, clusters) belong to the process that
@@ -80,6 +82,8 @@ class BuildEnvSession:
         self._client: Optional[docker.DockerClient] = None
         self._images: Optional[ImageBuilder] = None
         self._host_paths: Optional[HostPaths] = None
+        self.share_network = share_network
+        self._networks: Optional[SharedNetworks] = None
 
     # --- tooling ---------------------------------------------------------
     def check_explicit_kinds(self) -> None:
@@ -139,22 +143,7 @@ class BuildEnvSession:
             return LocalEnv(workspace, environment=settings.environment, timeout=settings.timeout)
         if kind in ("container", "dind"):
             assert isinstance(settings, ContainerSettings)
-            from .backends.container import ContainerEnv
-            from .backends.dind import DindEnv
-
-            cls = DindEnv if kind == "dind" else ContainerEnv
-            image, to_host = self.image_for(settings, kind), self.host_paths.to_host
-
-            def make(where: Path, test: str = test) -> BuildEnv:
-                return cls(self.client, image, where, self.owner, test=test, network=settings.network,
-                           ssh_agent=settings.ssh_agent, to_host=to_host,
-                           environment=settings.environment, timeout=settings.timeout)
-
-            if self.spares is None:
-                return make(workspace)
-            key = (kind, image, settings.network, settings.ssh_agent,
-                   tuple(sorted(settings.environment.items())), settings.timeout)
-            return self.spares.get(key, lambda where: make(where, "spare"))
+            return self._builder(kind, settings, workspace, test)
         if kind == "kind":
             assert isinstance(settings, KindSettings)
             from .backends.kind import KindEnv
@@ -179,6 +168,52 @@ class BuildEnvSession:
             return clone
         check_tooling(kind, self.kind_bin)  # raises BackendUnavailable for kinds this version lacks
         raise ConfigError(f"cannot make a {kind} environment")
+
+    def _builder(self, kind: str, settings: ContainerSettings, workspace: Path, test: str) -> BuildEnv:
+        """A container or dind builder: a spare if one is ready, on a shared network namespace."""
+        from .backends.container import ContainerEnv
+        from .backends.dind import DindEnv
+
+        cls = DindEnv if kind == "dind" else ContainerEnv
+        image, to_host, networks = self.image_for(settings, kind), self.host_paths.to_host, self.networks
+
+        def start(where: Path, test: str, network: Optional[str]) -> ContainerEnv:
+            return cls(self.client, image, where, self.owner, test=test, network=network,
+                       ssh_agent=settings.ssh_agent, to_host=to_host,
+                       environment=settings.environment, timeout=settings.timeout)
+
+        def make(where: Path, test: str = test) -> ContainerEnv:
+            mode = networks.mode_for_new_builder(settings.network, image)
+            try:
+                return start(where, test, mode)
+            except Exception:
+                if mode == settings.network:
+                    raise
+                networks.holder_failed()  # its holder is gone (a test removed it?): lend another
+                return start(where, test, networks.mode_for_new_builder(settings.network, image))
+
+        if self.spares is None:
+            env = make(workspace)
+        else:
+            key = (kind, image, settings.network, settings.ssh_agent,
+                   tuple(sorted(settings.environment.items())), settings.timeout)
+            env = cast(ContainerEnv, self.spares.get(key, lambda where: make(where, "spare")))
+        if not networks.claim(env):
+            # Another builder of this process is open on that holder (two in one test): this one
+            # gets a namespace of its own rather than share ports with it.
+            env.close()
+            env = start(env.workspace, test, settings.network)
+        return env
+
+    @property
+    def networks(self) -> SharedNetworks:
+        if self._networks is None:
+            from .backends.container import InvokingUser
+            from .netns import SharedNetworks
+
+            self._networks = SharedNetworks(self.client, self.owner, InvokingUser(),
+                                            enabled=self.share_network and not self.owner.keep)
+        return self._networks
 
     def cluster_for(self, settings: KindSettings) -> KindCluster:
         """The session's cluster for these settings: created by the first process that asks."""
@@ -268,6 +303,8 @@ class BuildEnvSession:
             self._idle_vms[getattr(env, "box")] = env  # restored when the next test takes it; destroyed at the end
         else:
             env.close()
+            if self._networks is not None:
+                self._networks.release(env)
         self.stats.teardown_seconds += time.monotonic() - started
 
     # --- session start and end (session owner only) ----------------------
@@ -305,6 +342,8 @@ class BuildEnvSession:
 
             started = time.monotonic()
             wait_for_removals()
+            if self._networks is not None:
+                self._networks.close()
             self.stats.teardown_seconds += time.monotonic() - started
 
     def finish(self) -> None:

@@ -79,6 +79,7 @@ class ContainerEnv(BuildEnv):
         super().__init__(workspace, WORKDIR, environment=environment, timeout=timeout)
         self.client = client
         self.image = image
+        self.network = network
         self.owner = owner
         self.user = user or InvokingUser()
         self.name = owner.name(self.kind, test.rsplit("::", 1)[-1])
@@ -92,6 +93,7 @@ class ContainerEnv(BuildEnv):
         emit("created", "container", self.name, owner.session, kind=self.kind)
         self._container: Optional[Container] = None
         self._closed = False
+        self.removal: Optional[Future[None]] = None  # set by close()
 
     def _identity_mounts(self) -> list[Mount]:
         """/etc/passwd and /etc/group, read-only, so the invoking user has a name inside.
@@ -243,7 +245,8 @@ class ContainerEnv(BuildEnv):
         if self._closed:
             return
         self._closed = True
-        _pending.append(_removals().submit(remove_container, self.client, self.id))
+        self.removal = _removals().submit(remove_container, self.client, self.id)
+        _pending.append(self.removal)
         emit("removed", "container", self.name, self.owner.session, kind=self.kind)
 
 
