@@ -67,8 +67,9 @@ class SharedNetworks:
         self.enabled = enabled  # off with --buildenv-keep: a kept builder must keep its network
         self.owner = owner
         self.user = user
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # also signals "a holder finished starting"
         self._holders: dict[Optional[str], list[Holder]] = {}
+        self._starting: dict[Optional[str], int] = {}
         self._turn: dict[Optional[str], int] = {}
         self._by_mode: dict[str, Holder] = {}
 
@@ -77,18 +78,27 @@ class SharedNetworks:
         if not (self.enabled and shareable(network)):
             return network
         with self._lock:
-            holders = self._holders.setdefault(network, [])
             turn = self._turn.get(network, 0)
             self._turn[network] = turn + 1
-            if len(holders) < HOLDERS_PER_NETWORK:
-                try:
-                    holder = self._start_holder(network, image)
-                except Exception:
-                    # Share nothing then: the builder's own start reports the cause in its words.
-                    return holders[turn % len(holders)].mode if holders else network
-                holders.append(holder)
-                self._by_mode[holder.mode] = holder
-            return holders[turn % len(holders)].mode
+            holders = self._holders.setdefault(network, [])
+            starting = self._starting.get(network, 0)
+            if len(holders) + starting >= HOLDERS_PER_NETWORK:
+                self._lock.wait_for(lambda: holders or not self._starting.get(network))
+                return holders[turn % len(holders)].mode if holders else network
+            self._starting[network] = starting + 1
+        holder = None
+        try:
+            holder = self._start_holder(network, image)  # unlocked: claims must not wait ~0.2 s for it
+        except Exception:
+            pass  # share nothing then: the builder's own start reports the cause in its words
+        finally:
+            with self._lock:
+                self._starting[network] -= 1
+                if holder is not None:
+                    holders.append(holder)
+                    self._by_mode[holder.mode] = holder
+                self._lock.notify_all()
+        return holder.mode if holder is not None else network
 
     def holder_failed(self) -> None:
         """A builder could not join its holder: stop lending every holder that is no longer running.
@@ -144,17 +154,15 @@ class SharedNetworks:
                 holder.departures.append(removal)
 
     def close(self) -> None:
-        """Remove every holder; call when their tenants are gone."""
-        from .backends.container import remove_container
+        """Schedule every holder's removal; `wait_for_removals()` joins it with its builders'."""
+        from .backends.container import schedule_removal
 
         with self._lock:
             holders = list(self._by_mode.values())  # gone ones too: a stopped holder still exists
             self._holders.clear()
             self._by_mode.clear()
         for holder in holders:
-            for departure in holder.departures:
-                departure.exception()
-            remove_container(self.client, holder.id)
+            schedule_removal(self.client, holder.id)
 
     def _start_holder(self, network: Optional[str], image: str) -> Holder:
         api = self.client.api

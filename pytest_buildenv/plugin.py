@@ -179,6 +179,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         bs.finish()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) -> None:
+    # Under xdist too, nextitem is None only for a worker's last test: spares made then would be wasted.
+    _session(item.config).more_tests_coming = nextitem is not None
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     bs = config.stash.get(SESSION_KEY, None)
     if bs is not None and bs.is_session_owner:

@@ -75,6 +75,7 @@ class BuildEnvSession:
         self._goldens: dict[tuple[str, str], GoldenVM] = {}
         self._idle_vms: dict[str, Any] = {}  # reset="snapshot": each process's clone between tests
         self.spares: Optional[SparePool] = None  # the plugin turns pre-starting on
+        self.more_tests_coming = True  # the plugin says when a process runs its last test: no spares then
         self.is_session_owner = is_session_owner
         self.progress = progress or (lambda line: None)
         self.shared = SharedState(owner.session)
@@ -192,12 +193,12 @@ class BuildEnvSession:
                 networks.holder_failed()  # its holder is gone (a test removed it?): lend another
                 return start(where, test, networks.mode_for_new_builder(settings.network, image))
 
-        if self.spares is None:
-            env = make(workspace)
-        else:
-            key = (kind, image, settings.network, settings.ssh_agent,
-                   tuple(sorted(settings.environment.items())), settings.timeout)
-            env = cast(ContainerEnv, self.spares.get(key, lambda where: make(where, "spare")))
+        key = (kind, image, settings.network, settings.ssh_agent,
+               tuple(sorted(settings.environment.items())), settings.timeout)
+        spare = self.spares.take(key) if self.spares is not None else None
+        env = cast(ContainerEnv, spare) if spare is not None else make(workspace)
+        if self.spares is not None:
+            self.spares.restock(key, lambda where: make(where, "spare"), self.more_tests_coming)
         if not networks.claim(env):
             # Another builder of this process is open on that holder (two in one test): this one
             # gets a namespace of its own rather than share ports with it.
@@ -341,9 +342,9 @@ class BuildEnvSession:
             from .backends.container import wait_for_removals
 
             started = time.monotonic()
-            wait_for_removals()
             if self._networks is not None:
                 self._networks.close()
+            wait_for_removals()
             self.stats.teardown_seconds += time.monotonic() - started
 
     def finish(self) -> None:

@@ -37,20 +37,21 @@ class SparePool:
             self._executor = ThreadPoolExecutor(max_workers=max(1, self.depth), thread_name_prefix="buildenv-spare")
         return self._executor.submit(factory, self._fresh_dir())
 
-    def get(self, key: Hashable, factory: Factory) -> BuildEnv:
-        """A ready environment for `key`: a spare if one was made, else a new one; then restock."""
-        queue = self._spares.setdefault(key, [])
-        env = None
-        while queue and env is None:
+    def take(self, key: Hashable) -> Optional[BuildEnv]:
+        """A ready spare made for `key`, or None (then the caller makes one in the foreground)."""
+        queue = self._spares.get(key, [])
+        while queue:
             try:
-                env = queue.pop(0).result()
-            except Exception:  # a spare that failed: the foreground attempt below reports the cause
-                env = None
-        if env is None:
-            env = factory(self._fresh_dir())
-        while len(queue) < self.depth:
+                return queue.pop(0).result()
+            except Exception:  # a spare that failed: the foreground attempt reports the cause
+                continue
+        return None
+
+    def restock(self, key: Hashable, factory: Factory, more_tests_coming: bool = True) -> None:
+        """Start spares for `key` in the background, up to `depth`; none after a process's last test."""
+        queue = self._spares.setdefault(key, [])
+        while more_tests_coming and len(queue) < self.depth:
             queue.append(self._submit(factory))
-        return env
 
     def drain(self) -> None:
         """Tear down every spare not handed out."""

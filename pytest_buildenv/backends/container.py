@@ -245,8 +245,7 @@ class ContainerEnv(BuildEnv):
         if self._closed:
             return
         self._closed = True
-        self.removal = _removals().submit(remove_container, self.client, self.id)
-        _pending.append(self.removal)
+        self.removal = schedule_removal(self.client, self.id)
         emit("removed", "container", self.name, self.owner.session, kind=self.kind)
 
 
@@ -262,6 +261,13 @@ def _removals() -> ThreadPoolExecutor:
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="buildenv-remove")
     return _executor
+
+
+def schedule_removal(client: docker.DockerClient, container_id: str) -> Future[None]:
+    """Remove a container in the background; `wait_for_removals()` joins it."""
+    removal = _removals().submit(remove_container, client, container_id)
+    _pending.append(removal)
+    return removal
 
 
 def wait_for_removals() -> list[BaseException]:

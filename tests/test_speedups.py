@@ -1,12 +1,14 @@
-"""Shared network namespaces (netns.py): builders join a holder's namespace, one open builder per holder.
+"""The speed-ups change nothing a test can see. Real sessions, real containers.
 
-Sharing must not be visible to tests: what an earlier test left listening is
+Shared network namespaces (netns.py): what an earlier test left listening is
 gone before its holder is lent again, two builders open at once never share,
-and a holder someone removed is replaced. Real sessions, real containers.
+a holder someone removed is replaced, results are the same with sharing off.
+Spares (spares.py): pre-started for tests to come, never after the last one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -81,7 +83,8 @@ def run_session(tmp_path, text: str, *args: str) -> tuple[subprocess.CompletedPr
     (tmp_path / "tox.ini").write_text(f"[pytest]\nbuildenv_image = {BUSYBOX}\n")
     (tmp_path / "test_project.py").write_text(text)
     result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--buildenv=container", *args],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTEST_BUILDENV_EVENTS": str(tmp_path / "events.jsonl")})
     session = re.search(r"buildenv: session (\w+)", result.stdout)
     assert session, result.stdout + result.stderr
     return result, session.group(1)
@@ -123,6 +126,16 @@ def test_a_removed_holder_is_replaced(tmp_path):
     assert_nothing_left(session)
 
 
+def test_no_spare_is_started_after_a_process_last_test(tmp_path):
+    one_test = "def test_only(builder_container):\n    assert builder_container.run('true').ok\n"
+    result, session = run_session(tmp_path, one_test)
+    assert "1 passed" in result.stdout, result.stdout
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    builders = [e["name"] for e in events if e["event"] == "created" and e["resource"] == "container"]
+    assert len(builders) == 1 and "spare" not in builders[0], builders
+    assert_nothing_left(session)
+
+
 @pytest.fixture
 def networks():
     client = docker.from_env()
@@ -130,6 +143,7 @@ def networks():
     shared = SharedNetworks(client, owner, InvokingUser())
     yield shared, client, owner
     shared.close()
+    wait_for_removals()
     for container in client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={owner.session}"}):
         container.remove(force=True)
 
@@ -155,8 +169,8 @@ def test_holders_are_labelled_lent_round_robin_and_only_to_one_open_builder(netw
     assert client.containers.list(all=True, filters={"id": first.id}) == [], "claimed only once first was removed"
     for env in (second, third):
         env.close()
-    wait_for_removals()
     shared.close()
+    wait_for_removals()
     assert client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={owner.session}"}) == []
 
 
