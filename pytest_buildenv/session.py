@@ -200,8 +200,8 @@ class BuildEnvSession:
         if self.spares is not None:
             self.spares.restock(key, lambda where: make(where, "spare"), self.more_tests_coming)
         if not networks.claim(env):
-            # Another builder of this process is open on that holder (two in one test): this one
-            # gets a namespace of its own rather than share ports with it.
+            # Its holder is taken by another open builder (two in one test) or was removed:
+            # this test gets a builder with a namespace of its own instead.
             env.close()
             env = start(env.workspace, test, settings.network)
         return env
