@@ -299,7 +299,7 @@ def kind_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any
 @pytest.fixture
 def golden_vm(request: pytest.FixtureRequest) -> Any:
     """The run's golden VM: the Vagrantfile provisioned once and frozen into a box (cached by content)."""
-    return _or_fail(lambda: _session(request.config).golden_for(_test_settings(request, "vm")))
+    return _or_fail(lambda: _session(request.config).goldens.golden_for(_test_settings(request, "vm")))
 
 
 @pytest.fixture

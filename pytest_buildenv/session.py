@@ -2,6 +2,8 @@
 
 Works without pytest: the plugin hands it plain values (the selection text,
 the config file, the marker's keyword arguments) and asks it for handles.
+What each family of kinds shares across a session lives in its own module:
+builders.py (container, dind), clusters.py (kind), goldens.py (vm).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from .backends import check_tooling
 from .backends.base import BuildEnv
@@ -22,14 +24,11 @@ from .sharing import SharedState
 if TYPE_CHECKING:
     import docker
 
-    from .backends.container import ContainerEnv
-    from .backends.kind import KindCluster
-    from .backends.vm import GoldenVM
-    from .hostpaths import HostPaths
-    from .images import ImageBuilder
-    from .netns import SharedNetworks
-    from .spares import SparePool
+    from .builders import Builders
+    from .clusters import Clusters
+    from .goldens import Goldens
     from .reaper import Finding
+    from .spares import SparePool
 
 Progress = Callable[[str], None]
 
@@ -70,10 +69,8 @@ class BuildEnvSession:
         self.ini_layers = ini_layers or {}
         self.kind_bin = kind_bin
         self.artifacts_dir = artifacts_dir
+        self.share_network = share_network
         self.failed = False  # set by the plugin: a failed run exports cluster logs
-        self._clusters: dict[str, KindCluster] = {}
-        self._goldens: dict[tuple[str, str], GoldenVM] = {}
-        self._idle_vms: dict[str, Any] = {}  # reset="snapshot": each process's clone between tests
         self.spares: Optional[SparePool] = None  # the plugin turns pre-starting on
         self.more_tests_coming = True  # the plugin says when a process runs its last test: no spares then
         self.is_session_owner = is_session_owner
@@ -81,10 +78,10 @@ class BuildEnvSession:
         self.shared = SharedState(owner.session)
         self.stats = Stats()
         self._client: Optional[docker.DockerClient] = None
-        self._images: Optional[ImageBuilder] = None
-        self._host_paths: Optional[HostPaths] = None
-        self.share_network = share_network
-        self._networks: Optional[SharedNetworks] = None
+        # One per family of kinds, made when first needed (each imports what it needs then).
+        self._builders: Optional[Builders] = None
+        self._clusters: Optional[Clusters] = None
+        self._goldens: Optional[Goldens] = None
 
     # --- tooling ---------------------------------------------------------
     def check_explicit_kinds(self) -> None:
@@ -106,21 +103,33 @@ class BuildEnvSession:
         return self._client
 
     @property
-    def host_paths(self) -> HostPaths:
-        """How the daemon sees our paths (different when pytest runs in a runner container)."""
-        if self._host_paths is None:
-            from .hostpaths import detect
+    def builders(self) -> Builders:
+        """container and dind: images, spares, shared network namespaces."""
+        if self._builders is None:
+            from .builders import Builders
 
-            self._host_paths = detect(self.client)
-        return self._host_paths
+            self._builders = Builders(self.client, self.owner, self.session_owner, self.shared, self.progress,
+                                      share_network=self.share_network)
+        return self._builders
 
     @property
-    def images(self) -> ImageBuilder:
-        if self._images is None:
-            from .images import ImageBuilder
+    def clusters(self) -> Clusters:
+        """kind: the session's clusters."""
+        if self._clusters is None:
+            from .clusters import Clusters
 
-            self._images = ImageBuilder(self.client, self.session_owner, self.shared, self.progress)
-        return self._images
+            self._clusters = Clusters(self.shared, self.owner, self.session_owner, self.client,
+                                      kind_bin=self.kind_bin, progress=self.progress)
+        return self._clusters
+
+    @property
+    def goldens(self) -> Goldens:
+        """vm: golden VMs and their clones."""
+        if self._goldens is None:
+            from .goldens import Goldens
+
+            self._goldens = Goldens(self.shared, self.owner, self.progress)
+        return self._goldens
 
     # --- settings --------------------------------------------------------
     def settings(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path, test: str = "") -> Settings:
@@ -144,168 +153,26 @@ class BuildEnvSession:
             return LocalEnv(workspace, environment=settings.environment, timeout=settings.timeout)
         if kind in ("container", "dind"):
             assert isinstance(settings, ContainerSettings)
-            return self._builder(kind, settings, workspace, test)
+            return self.builders.open(kind, settings, workspace, test, self.spares, self.more_tests_coming)
         if kind == "kind":
             assert isinstance(settings, KindSettings)
-            from .backends.kind import KindEnv
-
-            return KindEnv(workspace, self.cluster_for(settings), environment=settings.environment,
-                           timeout=settings.timeout)
+            return self.clusters.open(settings, workspace)
         if kind == "vm":
             assert isinstance(settings, VMSettings)
-            from .backends.vm import VMClone
-
-            golden = self.golden_for(settings)
-            if settings.reset == "snapshot" and golden.box in self._idle_vms:
-                clone = self._idle_vms.pop(golden.box)
-                clone.reset(workspace)
-                return clone
-            clone = VMClone(golden.box, workspace, self.shared.directory, self.owner, test=test,
-                            environment=settings.environment, timeout=settings.timeout,
-                            boot_timeout=settings.boot_timeout)
-            if settings.reset == "snapshot":
-                clone.save_boot_snapshot()
-                clone.reusable = True
-            return clone
+            return self.goldens.open(settings, workspace, test)
         check_tooling(kind, self.kind_bin)  # raises BackendUnavailable for kinds this version lacks
         raise ConfigError(f"cannot make a {kind} environment")
-
-    def _builder(self, kind: str, settings: ContainerSettings, workspace: Path, test: str) -> BuildEnv:
-        """A container or dind builder: a spare if one is ready, on a shared network namespace."""
-        from .backends.container import ContainerEnv
-        from .backends.dind import DindEnv
-
-        cls = DindEnv if kind == "dind" else ContainerEnv
-        image, to_host, networks = self.image_for(settings, kind), self.host_paths.to_host, self.networks
-
-        def start(where: Path, test: str, network: Optional[str]) -> ContainerEnv:
-            return cls(self.client, image, where, self.owner, test=test, network=network,
-                       ssh_agent=settings.ssh_agent, to_host=to_host,
-                       environment=settings.environment, timeout=settings.timeout)
-
-        def make(where: Path, test: str = test) -> ContainerEnv:
-            mode = networks.mode_for_new_builder(settings.network, image)
-            try:
-                return start(where, test, mode)
-            except Exception:
-                if mode == settings.network:
-                    raise
-                networks.holder_failed()  # its holder is gone (a test removed it?): lend another
-                return start(where, test, networks.mode_for_new_builder(settings.network, image))
-
-        key = (kind, image, settings.network, settings.ssh_agent,
-               tuple(sorted(settings.environment.items())), settings.timeout)
-        spare = self.spares.take(key) if self.spares is not None else None
-        env = cast(ContainerEnv, spare) if spare is not None else make(workspace)
-        if self.spares is not None:
-            self.spares.restock(key, lambda where: make(where, "spare"), self.more_tests_coming)
-        if not networks.claim(env):
-            # Its holder is taken by another open builder (two in one test) or was removed:
-            # this test gets a builder with a namespace of its own instead.
-            env.close()
-            env = start(env.workspace, test, settings.network)
-        return env
-
-    @property
-    def networks(self) -> SharedNetworks:
-        if self._networks is None:
-            from .backends.container import InvokingUser
-            from .netns import SharedNetworks
-
-            self._networks = SharedNetworks(self.client, self.owner, InvokingUser(),
-                                            enabled=self.share_network and not self.owner.keep)
-        return self._networks
-
-    def cluster_for(self, settings: KindSettings) -> KindCluster:
-        """The session's cluster for these settings: created by the first process that asks."""
-        import hashlib
-        import json
-
-        key = hashlib.sha256(json.dumps([settings.image, settings.config, settings.wait, settings.cluster],
-                                        default=str).encode()).hexdigest()[:8]
-        if key not in self._clusters:
-            def create() -> dict[str, Any]:
-                name = settings.cluster or f"buildenv-{self.owner.session}-{key[:6]}"
-                self.progress(f"creating KIND cluster {name}" if not settings.cluster else f"reusing KIND cluster {name}")
-                self._cluster(name, reuse=bool(settings.cluster), settings=settings).create()
-                return {"type": "kind", "name": name, "reuse": bool(settings.cluster)}
-
-            record = self.shared.get_or_create(f"kind-{key}", create)
-            self._clusters[key] = self._cluster(record["name"], reuse=record["reuse"])
-        return self._clusters[key]
-
-    def golden_for(self, settings: VMSettings) -> GoldenVM:
-        """The golden VM for these settings, provisioned at most once per content (across sessions too)."""
-        from .backends.vm import GoldenVM
-
-        if settings.vagrantfile is None:
-            raise ConfigError("no Vagrantfile for the vm kind; pass @pytest.mark.vm(vagrantfile=...), "
-                              "vm: vagrantfile: in buildenv.yaml, or --vagrantfile")
-        key = (str(settings.vagrantfile), settings.provider)
-        if key not in self._goldens:  # hashing the Vagrantfile's directory once per session is enough
-            golden = GoldenVM(settings.vagrantfile, self.shared.directory, provider=settings.provider,
-                              progress=self.progress)
-            record = self.shared.get_or_create(f"golden-{golden.hash[:16]}", lambda: {
-                "type": "golden", "box": golden.ensure(), "provisioned": golden.provisioned_now})
-            golden.provisioned_now = bool(record["provisioned"] and record["created_here"])
-            golden.owner = self.owner
-            self._goldens[key] = golden
-        return self._goldens[key]
-
-    def _cluster(self, name: str, reuse: bool, settings: Optional[KindSettings] = None) -> KindCluster:
-        """A handle on a session cluster; `settings` only matter to the process that creates it."""
-        from .backends.kind import KindCluster
-
-        options: dict[str, Any] = {}
-        if settings is not None:
-            options = {"image": settings.image, "config": settings.config, "wait": settings.wait}
-        return KindCluster(name, self.shared.directory, kind_bin=self.kind_bin, reuse=reuse,
-                           owner=self.session_owner, client=self.client, **options)
-
-    def teardown_clusters(self) -> list[str]:
-        """Session owner, at the end: export logs if anything failed, then delete each cluster we made."""
-        done = []
-        for record in self.shared.records().values():
-            if record.get("type") != "kind":
-                continue
-            cluster = self._cluster(record["name"], reuse=record["reuse"])
-            if self.failed and self.artifacts_dir is not None:
-                cluster.export_logs(self.artifacts_dir / f"kind-{cluster.name}")
-            if self.owner.keep:
-                self.stats.kept.append(f"kind cluster {cluster.name}: KUBECONFIG={cluster.kubeconfig} "
-                                       f"(kind delete cluster --name {cluster.name})")
-            elif not record["reuse"]:
-                cluster.delete()
-                done.append(cluster.name)
-        return done
-
-    def image_for(self, settings: ContainerSettings, kind: str) -> str:
-        from .images import BuildSpec
-
-        if settings.dockerfile is not None:
-            context = settings.context or settings.dockerfile.parent
-            base = self.images.build(BuildSpec(settings.dockerfile, context, settings.target, settings.build_args))
-        elif settings.image:
-            base = self.images.from_tag(settings.image)
-        else:
-            base = ""
-        if base and settings.provision:
-            return self.images.snapshot(base, settings.provision, settings.provision_user)
-        if base:
-            return base
-        raise ConfigError(f"no image for the {kind} kind; pass @pytest.mark.{kind}(image=...) or dockerfile=, "
-                          f"set {kind}: image: in buildenv.yaml, or ini buildenv_image")
 
     def close(self, env: BuildEnv) -> None:
         started = time.monotonic()
         if self.owner.keep:
             self.stats.kept.append(describe_kept(env))
-        elif getattr(env, "reusable", False):
-            self._idle_vms[getattr(env, "box")] = env  # restored when the next test takes it; destroyed at the end
+        elif env.kind == "vm":
+            self.goldens.close(env)
+        elif env.kind in ("container", "dind"):
+            self.builders.close(env)
         else:
             env.close()
-            if self._networks is not None:
-                self._networks.release(env)
         self.stats.teardown_seconds += time.monotonic() - started
 
     # --- session start and end (session owner only) ----------------------
@@ -324,7 +191,8 @@ class BuildEnvSession:
 
         self.wait_for_teardown()
         if "kind" in self.selection.kinds:
-            self.teardown_clusters()
+            export_to = self.artifacts_dir if self.failed else None
+            self.clusters.teardown(export_to, kept=self.stats.kept if self.owner.keep else None)
         if self.owner.keep:
             return []  # kept: the shared directory still holds the kept clusters' kubeconfigs
         found = reap(self.client if self.uses_docker else None, session=self.owner.session, force=True) \
@@ -333,19 +201,13 @@ class BuildEnvSession:
         return found
 
     def wait_for_teardown(self) -> None:
-        """Containers are removed in the background; this is where the session waits for them."""
-        if self.spares is not None:
-            self.spares.drain()
-        while self._idle_vms:
-            self._idle_vms.popitem()[1].close()
-        if self._client is not None:
-            from .backends.container import wait_for_removals
-
-            started = time.monotonic()
-            if self._networks is not None:
-                self._networks.close()
-            wait_for_removals()
-            self.stats.teardown_seconds += time.monotonic() - started
+        """Builders are removed in the background; this is where the process waits for them."""
+        started = time.monotonic()
+        if self._goldens is not None:
+            self._goldens.close_idle()
+        if self._builders is not None:
+            self._builders.wait(self.spares)
+        self.stats.teardown_seconds += time.monotonic() - started
 
     def finish(self) -> None:
         """Session owner, at the very end: sweep, then count what is still there."""
