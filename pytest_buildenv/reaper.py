@@ -98,7 +98,7 @@ def _pid_exists(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class Finding:
-    resource: str  # container, network, volume, image
+    resource: str  # container, network, volume, image, cluster, vm, state (a session's directory)
     ident: str
     name: str
     session: str
@@ -187,6 +187,24 @@ def labelled_vms(session: Optional[str] = None) -> Iterator[Labelled]:
             yield Labelled("vm", name, name, labels, partial(destroy_domain, name))
 
 
+def labelled_state_dirs(session: Optional[str] = None) -> Iterator[Labelled]:
+    """This user's session state directories (records, kubeconfigs, VM clone directories)."""
+    import json
+    import shutil
+
+    from .sharing import LABELS_FILE, state_root
+
+    for labels_file in sorted((state_root() / "sessions").glob(f"*/{LABELS_FILE}")):
+        directory = labels_file.parent
+        try:
+            labels = json.loads(labels_file.read_text())
+        except (OSError, ValueError):
+            continue  # being written, or already removed by a concurrent reaper
+        if session is None or labels.get(LABEL_SESSION) == session:
+            yield Labelled("state", str(directory), str(directory), labels,
+                           partial(shutil.rmtree, directory, ignore_errors=True))
+
+
 def reap(client: Optional[docker.DockerClient], *, dry_run: bool = False, session: Optional[str] = None,
          include_kept: bool = False, foreign_max_age: Optional[float] = None,
          force: bool = False, include_cache: bool = False) -> list[Finding]:
@@ -195,7 +213,7 @@ def reap(client: Optional[docker.DockerClient], *, dry_run: bool = False, sessio
     filters = session_filter(session) if session else ANY_OWNED
     findings = []
     docker_items = labelled_resources(client, filters) if client is not None else iter(())
-    for item in itertools.chain(docker_items, labelled_vms(session)):
+    for item in itertools.chain(docker_items, labelled_vms(session), labelled_state_dirs(session)):
         if force and (include_cache or LABEL_CACHE not in item.labels):
             action, reason = "remove", "session swept by its owner"
         else:

@@ -75,7 +75,7 @@ class BuildEnvSession:
         self.more_tests_coming = True  # the plugin says when a process runs its last test: no spares then
         self.is_session_owner = is_session_owner
         self.progress = progress or (lambda line: None)
-        self.shared = SharedState(owner.session)
+        self.shared = SharedState(owner.session, labels=self.session_owner.labels("state"))
         self.stats = Stats()
         self._client: Optional[docker.DockerClient] = None
         # One per family of kinds, made when first needed (each imports what it needs then).
@@ -198,7 +198,7 @@ class BuildEnvSession:
         found = reap(self.client if self.uses_docker else None, session=self.owner.session, force=True) \
             if self.reaps else []
         self.shared.remove()
-        return found
+        return [f for f in found if f.resource != "state"]  # our own directory is not a leftover
 
     def wait_for_teardown(self) -> None:
         """Builders are removed in the background; this is where the process waits for them."""

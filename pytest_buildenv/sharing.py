@@ -20,6 +20,7 @@ from typing import Any, Callable
 from filelock import FileLock
 
 Record = dict[str, Any]
+LABELS_FILE = "owner.labels"  # not *.json: records() lists those
 
 
 def state_root() -> Path:
@@ -32,9 +33,14 @@ def state_root() -> Path:
 class SharedState:
     """Records of shared resources for one session, safe across processes."""
 
-    def __init__(self, session: str, root: Path | None = None) -> None:
+    def __init__(self, session: str, root: Path | None = None, labels: dict[str, str] | None = None) -> None:
         self.directory = (root or state_root()) / "sessions" / session
         self.directory.mkdir(parents=True, exist_ok=True)
+        if labels is not None and not (self.directory / LABELS_FILE).exists():
+            # The directory is labelled like any resource, so the reaper removes it when its owner is dead.
+            tmp = self.directory / f"{LABELS_FILE}.{os.getpid()}"
+            tmp.write_text(json.dumps(labels))
+            tmp.replace(self.directory / LABELS_FILE)
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.directory / f"{key}.json", self.directory / f"{key}.lock"

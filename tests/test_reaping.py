@@ -16,6 +16,7 @@ import pytest
 from pytest_buildenv.events import read as read_events
 from pytest_buildenv.naming import LABEL_SESSION, Owner
 from pytest_buildenv.reaper import judge, reap
+from pytest_buildenv.sharing import state_root
 
 # These tests start pytest sessions of their own, and every session reaps dead owners' resources
 # when it starts: one at a time, so that the sessions they kill on purpose are reaped by the one
@@ -94,10 +95,13 @@ def test_sigkill_leaves_the_container_and_the_next_session_reaps_it(project, cli
     proc.kill()
     proc.wait()
     assert _exists(client, name), "SIGKILL cannot run teardown: the container must still be there"
+    state = state_root() / "sessions" / client.containers.get(name).labels[LABEL_SESSION]
+    assert state.is_dir(), "nor remove the session's state directory"
     result = project.run("-m", "pytest", "test_quick.py", "--buildenv=container")
     assert result.returncode == 0, result.stdout
     assert f"reaped container {name} (owner pid {proc.pid} is gone)" in result.stdout
     assert not _exists(client, name)
+    assert f"reaped state {state} (owner pid {proc.pid} is gone)" in result.stdout and not state.exists()
 
 
 def test_reap_command_dry_run_then_remove(project, client):
