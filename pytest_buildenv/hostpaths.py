@@ -62,16 +62,36 @@ class HostPaths:
         return "<a directory bind-mounted into this container>"
 
 
+# Files Docker bind-mounts into every container from /var/lib/docker/containers/<id>/.
+_OWN_MOUNT_POINTS = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
+
+
+def container_id_in(mountinfo: str, cgroup: str) -> Optional[str]:
+    """The container id that our /proc/self/mountinfo (or cgroup v1) names, if we run in one.
+
+    Only the mounts at /etc/hostname and friends count: on the host, mountinfo
+    also shows, while dockerd sets them up, other containers' mounts (under
+    their overlay directories), and those must not make us think we are them.
+    """
+    for line in mountinfo.splitlines():
+        fields = line.split()  # 3: root within the source filesystem, 4: mount point
+        if len(fields) > 4 and fields[4] in _OWN_MOUNT_POINTS:
+            match = _CONTAINER_ID.search(fields[3])
+            if match:
+                return match.group(1)
+    match = _CONTAINER_ID.search(cgroup)
+    return match.group(1) if match else None
+
+
 def own_container_id() -> Optional[str]:
-    """Our container's id if we run in one: mountinfo names it, cgroup v1 too; else None."""
-    for proc_file in ("/proc/self/mountinfo", "/proc/self/cgroup"):
+    """Our container's id if we run in one, else None."""
+    def read(path: str) -> str:
         try:
-            match = _CONTAINER_ID.search(Path(proc_file).read_text())
+            return Path(path).read_text()
         except OSError:
-            continue
-        if match:
-            return match.group(1)
-    return None
+            return ""
+
+    return container_id_in(read("/proc/self/mountinfo"), read("/proc/self/cgroup"))
 
 
 def detect(client: docker.DockerClient) -> HostPaths:

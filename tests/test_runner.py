@@ -102,3 +102,25 @@ def test_workspace_on_no_mount_is_one_clear_line(client, project):
     assert len(lines) == 1, logs
     assert f"--basetemp={INSIDE}/.pytest-tmp" in lines[0]
     assert "Traceback" not in logs
+
+
+def test_own_container_id_comes_from_our_own_mounts_only(client):
+    """In a container, /etc/hostname is mounted from /var/lib/docker/containers/<id>/. On the host,
+    mountinfo shows such lines too, for a moment, while dockerd sets up another container (mount
+    point under its overlay directory): those must not make us think we run in that container."""
+    from pytest_buildenv.hostpaths import container_id_in
+
+    container = client.containers.run("buildenv-test/busybox:1", ["cat", "/proc/self/mountinfo"], detach=True)
+    try:
+        container.wait(timeout=30)
+        inside = container.logs().decode()
+    finally:
+        container.remove(force=True)
+    assert container_id_in(inside, "") == container.id
+    own_lines = [line for line in inside.splitlines() if line.split()[4] in ("/etc/hostname", "/etc/hosts",
+                                                                              "/etc/resolv.conf")]
+    assert own_lines, inside
+    seen_from_host = "\n".join(line.replace(f" {line.split()[4]} ", f" /var/lib/docker/overlay2/{'0' * 64}/merged"
+                                             f"{line.split()[4]} ", 1) for line in own_lines)
+    assert container_id_in(seen_from_host, "0::/\n") is None
+    assert container_id_in("", f"4:pids:/docker/{container.id}\n") == container.id  # cgroup v1
