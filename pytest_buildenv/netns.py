@@ -12,8 +12,8 @@ network the settings asked for (the default bridge, `none`, a named network).
 What stays per test: a holder is lent to one open builder at a time, and it is
 lent again only after the previous tenant has been removed, so no process a
 finished test left behind can still hold a port or socket there. A second
-builder open at the same time (two environments in one test) gets a holder of
-its own. Holders are labelled like every other resource: the session removes
+builder open at the same time (two environments in one test) gets a namespace
+of its own. Holders are labelled like every other resource: the session removes
 them at its end and the reaper after a crash.
 """
 
@@ -24,7 +24,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
-from .engine import daemon_errors
 from .events import emit
 from .naming import Owner
 
@@ -44,7 +43,6 @@ HOLDERS_PER_NETWORK = 2
 @dataclass
 class Holder:
     id: str
-    network: Optional[str]
     tenant_open: bool = False
     gone: bool = False  # removed behind our back: its builders have lost their network
     departures: list[Future[None]] = field(default_factory=list)
@@ -165,17 +163,10 @@ class SharedNetworks:
             schedule_removal(self.client, holder.id)
 
     def _start_holder(self, network: Optional[str], image: str) -> Holder:
-        api = self.client.api
+        from .backends.container import start_idle_container
+
         name = self.owner.name("netns")
-        host_config = api.create_host_config(network_mode=network, init=True, security_opt=["no-new-privileges"])
-        with daemon_errors(f"starting a network holder from {image}"):
-            created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name,
-                                           user=self.user.user_spec, labels=self.owner.labels("netns"),
-                                           host_config=host_config, detach=True)
-            try:
-                api.start(created["Id"])
-            except Exception:
-                api.remove_container(created["Id"], force=True)
-                raise
+        holder_id = start_idle_container(self.client, image, name=name, user=self.user.user_spec,
+                                         labels=self.owner.labels("netns"), role="network holder", network=network)
         emit("created", "netns", name, self.owner.session, network=network or "default")
-        return Holder(created["Id"], network)
+        return Holder(holder_id)

@@ -122,30 +122,10 @@ class ContainerEnv(BuildEnv):
 
     def _start(self, mounts: list[Mount], env: dict[str, str], network: Optional[str],
                group_add: Iterable[int], labels: dict[str, str]) -> str:
-        import docker
-
-        api = self.client.api
-        host_config = api.create_host_config(
-            mounts=[docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only) for m in mounts],
-            group_add=self.user.extra_groups(group_add),
-            network_mode=network,
-            security_opt=["no-new-privileges"],
-            privileged=False,
-            init=True,  # reaps what timed-out commands leave, so `ps` in a test stays truthful
-        )
-        with daemon_errors(f"starting a builder container from {self.image}"):
-            created = api.create_container(
-                self.image, entrypoint=["sleep"], command=["infinity"], name=self.name,
-                user=self.user.user_spec, working_dir=str(WORKDIR), environment=env,
-                labels=labels, host_config=host_config, detach=True)
-            try:
-                api.start(created["Id"])
-            except docker.errors.APIError as exc:
-                api.remove_container(created["Id"], force=True, v=True)
-                raise BackendUnavailable(
-                    f"builder container from {self.image} would not start ({_first_line(exc)}); "
-                    "a builder image needs `sleep` and `sh` (busybox or coreutils)") from exc
-        return str(created["Id"])
+        return start_idle_container(self.client, self.image, name=self.name, user=self.user.user_spec,
+                                    labels=labels, role="builder container", network=network, mounts=mounts,
+                                    group_add=self.user.extra_groups(group_add),
+                                    working_dir=str(WORKDIR), environment=env)
 
     @property
     def container(self) -> Container:
@@ -278,6 +258,36 @@ def wait_for_removals() -> list[BaseException]:
         if error is not None:
             errors.append(error)
     return errors
+
+
+def start_idle_container(client: docker.DockerClient, image: str, *, name: str, user: str, labels: dict[str, str],
+                         role: str, network: Optional[str] = None, mounts: Iterable[Mount] = (),
+                         group_add: Iterable[str] = (), **create: Any) -> str:
+    """Create and start a container idling on `sleep infinity`, under our security defaults:
+    never privileged, no-new-privileges, and an init that reaps what timed-out commands leave
+    (so `ps` in a test stays truthful). `role` names it in errors; `create` goes to create_container."""
+    import docker
+
+    api = client.api
+    host_config = api.create_host_config(
+        mounts=[docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only) for m in mounts],
+        group_add=list(group_add),
+        network_mode=network,
+        security_opt=["no-new-privileges"],
+        privileged=False,
+        init=True,
+    )
+    with daemon_errors(f"starting a {role} from {image}"):
+        created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name, user=user,
+                                       labels=labels, host_config=host_config, detach=True, **create)
+        try:
+            api.start(created["Id"])
+        except docker.errors.APIError as exc:
+            api.remove_container(created["Id"], force=True, v=True)
+            raise BackendUnavailable(
+                f"{role} from {image} would not start ({_first_line(exc)}); "
+                "a builder image needs `sleep` and `sh` (busybox or coreutils)") from exc
+    return str(created["Id"])
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:
