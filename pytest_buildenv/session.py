@@ -180,10 +180,15 @@ class BuildEnvSession:
     def reaps(self) -> bool:
         return self.uses_docker or "vm" in self.selection.kinds
 
+    @property
+    def _docker_or_none(self) -> Optional[docker.DockerClient]:
+        """What the reaper needs: the engine if a kind uses it (a vm-only run never connects)."""
+        return self.client if self.uses_docker else None
+
     def reap_dead(self) -> list[Finding]:
         from .reaper import reap
 
-        return [f for f in reap(self.client if self.uses_docker else None) if f.action == "remove"]
+        return [f for f in reap(self._docker_or_none) if f.action == "remove"]
 
     def sweep(self) -> list[Finding]:
         """Remove whatever this session still owns: a crashed worker's leftovers, shared images."""
@@ -195,10 +200,8 @@ class BuildEnvSession:
             self.clusters.teardown(export_to, kept=self.stats.kept if self.owner.keep else None)
         if self.owner.keep:
             return []  # kept: the shared directory still holds the kept clusters' kubeconfigs
-        found = reap(self.client if self.uses_docker else None, session=self.owner.session, force=True) \
-            if self.reaps else []
-        self.shared.remove()
-        return [f for f in found if f.resource != "state"]  # our own directory is not a leftover
+        self.shared.remove()  # first: our own state directory is not a leftover to report
+        return reap(self._docker_or_none, session=self.owner.session, force=True) if self.reaps else []
 
     def wait_for_teardown(self) -> None:
         """Builders are removed in the background; this is where the process waits for them."""
@@ -215,8 +218,7 @@ class BuildEnvSession:
         if self.reaps and not self.owner.keep:
             from .reaper import reap
 
-            client = self.client if self.uses_docker else None
-            self.left_behind = len(reap(client, session=self.owner.session, dry_run=True, force=True))
+            self.left_behind = len(reap(self._docker_or_none, session=self.owner.session, dry_run=True, force=True))
 
     def summary_lines(self) -> list[str]:
         made = ", ".join(f"{n} {kind}" for kind, n in sorted(self.stats.made.items())) or "none"
