@@ -38,16 +38,6 @@ def test_one(builder_container, n):
     assert builder_container.run(["true"]).exit_code == 0
 """
 
-PROVISIONED = """
-import pytest
-
-@pytest.mark.parametrize("n", range({n}))
-@pytest.mark.container({marker})
-def test_one(builder_container, n):
-    assert builder_container.run(["true"]).exit_code == 0
-"""
-
-
 def project(text: str) -> Path:
     root = Path(tempfile.mkdtemp(prefix="bench-"))
     (root / "tox.ini").write_text(f"[pytest]\nbuildenv_image = {IMAGE}\n")
@@ -131,8 +121,8 @@ def main() -> None:
 
     if "2" in PARTS:
         provision = '["mkdir -p /opt && echo provisioned > /opt/marker", "sleep 3"]'
-        bare = project(PROVISIONED.format(n=11, marker=""))
-        prov = project(PROVISIONED.format(n=11, marker=f"provision={provision}, provision_user='root'"))
+        bare = project(TESTS.format(n=11, marker=""))
+        prov = project(TESTS.format(n=11, marker=f"provision={provision}, provision_user='root'"))
         pytest_time(prov)  # the first session provisions (and caches) the snapshot
         t_bare = statistics.median(pytest_time(bare) for _ in range(ROUNDS))
         t_prov = statistics.median(pytest_time(prov) for _ in range(ROUNDS))
