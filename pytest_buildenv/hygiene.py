@@ -7,7 +7,6 @@ layer's tar without extracting anything to disk.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import io
 import json
 import tarfile
@@ -163,12 +162,10 @@ def layer_report(image: str, client: Optional[docker.DockerClient] = None) -> La
 
 def verify_sha256(path: Union[str, Path], expected: str) -> Path:
     """Return `path` if its SHA-256 is `expected`; else raise ChecksumMismatch (refuse the payload)."""
+    from .images import file_sha256
+
     path = Path(path)
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    actual = digest.hexdigest()
+    actual = file_sha256(path).hex()
     if actual != expected.strip().lower():
         raise ChecksumMismatch(f"{path}: sha256 is {actual}, expected {expected}; do not use this payload, download it again from a trusted source")
     return path

@@ -76,13 +76,14 @@ class BuildSpec:
             if path.is_symlink():
                 digest.update(b"L" + os.readlink(path).encode())
             elif path.is_file():
-                digest.update(b"F%o" % (path.stat().st_mode & 0o777) + _file_digest(path))
+                digest.update(b"F%o" % (path.stat().st_mode & 0o777) + file_sha256(path))
             else:
                 digest.update(b"D")
         return digest.hexdigest()
 
 
-def _file_digest(path: Path) -> bytes:
+def file_sha256(path: Path) -> bytes:
+    """A file's SHA-256, read in chunks (contexts and payloads may be large)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -99,25 +100,26 @@ class ImageBuilder:
         self.owner = owner
         self.shared = shared
         self.progress = progress or (lambda line: None)
-        self._built: dict[str, str] = {}
+        self._built: dict[str, str] = {}  # Dockerfile content key -> tag built this session
+        self._present: set[str] = set()  # tags known to be local: looked up, pulled or provisioned
 
     def from_tag(self, tag: str) -> str:
         """The tag itself if the image is local (or can be pulled), else ConfigError."""
         import docker
 
-        if tag in self._built.values():
-            return tag  # already looked up (or built) this session
+        if tag in self._present:
+            return tag  # already looked up this session
         with daemon_errors(f"looking up image {tag}"):
             try:
                 self.client.images.get(tag)
-                self._built[tag] = tag
+                self._present.add(tag)
                 return tag
             except docker.errors.ImageNotFound:
                 pass
             try:
                 self.progress(f"pulling {tag}")
                 self.client.images.pull(tag)
-                self._built[tag] = tag
+                self._present.add(tag)
                 return tag
             except docker.errors.APIError as exc:
                 reason = (exc.explanation or str(exc)).splitlines()[0][:160]
@@ -131,13 +133,13 @@ class ImageBuilder:
         base_id = self.client.images.get(base).id
         key = hashlib.sha256(json.dumps([base_id, list(commands), user]).encode()).hexdigest()
         tag = f"buildenv-snapshot:{key[:20]}"
-        if tag in self._built.values():
+        if tag in self._present:
             return tag
         lock = Path(tempfile.gettempdir()) / f"pytest-buildenv-snapshot-{key[:20]}.lock"
         with FileLock(str(lock)):  # one provisioning per content on this host, however many sessions ask
             if not self.client.images.list(filters={"label": f"{LABEL_CACHE}={key}"}):
                 self._provision(base, commands, user, tag, key)
-        self._built[tag] = tag
+        self._present.add(tag)
         return tag
 
     def _provision(self, base: str, commands: tuple[str, ...], user: str, tag: str, key: str) -> None:
