@@ -52,17 +52,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from pytest_buildenv.plugin import SESSION_KEY
 
     bs = session.config.stash.get(SESSION_KEY, None)
-    if bs is None or not bs.reaps:
+    if bs is None:
         return
-    from pytest_buildenv.naming import ANY_OWNED, LABEL_CACHE
-    from pytest_buildenv.reaper import labelled_resources, labelled_vms
+    from pytest_buildenv.naming import LABEL_CACHE
 
     leaked_containers = [f for f in bs.findings_at_end if f.resource in ("container", "vm")]
-    remaining = [f"{r.resource} {r.name}" for r in labelled_vms()]
-    if bs.uses_docker:
-        # Provisioned snapshots are caches meant to outlive sessions (the snapshot tests remove theirs).
-        remaining += [f"{r.resource} {r.name}" for r in labelled_resources(bs.client, ANY_OWNED)
-                      if LABEL_CACHE not in r.labels]
+    # Provisioned snapshots are caches meant to outlive sessions (the snapshot tests remove theirs).
+    remaining = [f"{r.resource} {r.name}" for r in bs.leftovers() if LABEL_CACHE not in r.labels]
     if leaked_containers or remaining:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         for line in [f"container {f.name} outlived its test" for f in leaked_containers] + \

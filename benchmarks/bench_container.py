@@ -30,7 +30,7 @@ def median_of(action, rounds: int = ROUNDS) -> float:
 
 
 def main() -> None:
-    from pytest_buildenv.backends.container import ContainerEnv
+    from pytest_buildenv.kinds.container import ContainerEnv
     from pytest_buildenv.engine import connect
     from pytest_buildenv.naming import Owner, new_session_id
 
@@ -39,7 +39,7 @@ def main() -> None:
     workspace = Path(tempfile.mkdtemp())
 
     def fresh_builder() -> None:
-        env = ContainerEnv(client, IMAGE, workspace, owner, test="bench")
+        env = ContainerEnv(client, IMAGE, workspace, owner, test="bench").start()
         env.run(["true"], check=True)
         env.close()
 
@@ -58,7 +58,7 @@ def main() -> None:
         builder.append(timed(fresh_builder))
         baseline.append(timed(docker_run))
         cli.append(timed(docker_cli))
-    from pytest_buildenv.backends.container import wait_for_removals
+    from pytest_buildenv.engine.containers import wait_for_removals
 
     wait_for_removals()
     b, d, c = statistics.median(builder), statistics.median(baseline), statistics.median(cli)

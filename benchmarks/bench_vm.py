@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_buildenv.backends.vm import GoldenVM, _vagrant
+from pytest_buildenv.kinds.vm import GoldenVM, _vagrant
 
 HERE = Path(__file__).resolve().parent
 VAGRANTFILE = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parent / "tests" / "data" / "vm" / "golden" / "Vagrantfile"

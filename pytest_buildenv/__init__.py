@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     BackendUnavailable,
     BuildCommandError,
     BuildEnvError,
@@ -19,7 +19,7 @@ from .errors import (  # noqa: E402
     ImageBuildError,
     VMError,
 )
-from .result import Artifact, Result, Transcript  # noqa: E402
+from .result import Artifact, Result, Transcript
 
 __all__ = [
     "Artifact",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Optional
+from collections.abc import Sequence
 
 from .errors import BuildEnvError
 
@@ -29,19 +30,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _reap(args)
         from .doctor import run_doctor
 
-        return run_doctor(args.buildenv, kind_bin=args.kind_bin)
+        return run_doctor(args.buildenv, defaults={"kind_bin": args.kind_bin})
     except BuildEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 def _reap(args: argparse.Namespace) -> int:
-    from .engine import connect
-    from .reaper import reap
+    """Every kind's leftovers; what cannot be looked at (an engine that does not answer) is named."""
+    from .reaper import reap_kinds
+    from .registry import BUILTIN
 
     max_age = args.older_than * 3600 if args.older_than is not None else None
-    findings = reap(connect(), dry_run=args.dry_run, session=args.session,
-                    include_kept=args.include_kept, foreign_max_age=max_age, include_cache=args.include_cache)
+    findings = reap_kinds(BUILTIN, dry_run=args.dry_run, session=args.session, include_kept=args.include_kept,
+                          foreign_max_age=max_age, include_cache=args.include_cache,
+                          unreachable=lambda why: print(f"not looked at: {why}"))
     for finding in findings:
         verb = "would remove" if args.dry_run and finding.action == "remove" else finding.action
         print(f"{verb}: {finding.resource} {finding.name} (session {finding.session}: {finding.reason})")

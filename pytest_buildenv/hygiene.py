@@ -12,7 +12,8 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
+from collections.abc import Iterable
 
 from .errors import BuildEnvError
 
@@ -153,7 +154,7 @@ def leaked_files(image: str, patterns: Iterable[str] = SECRET_PATTERNS,
 
 def layer_report(image: str, client: Optional[docker.DockerClient] = None) -> LayerReport:
     """Layer count and per-layer sizes (from the image history; empty metadata steps left out)."""
-    api = _client(client).api
+    api: Any = _client(client).api  # docker's stubs leave history() untyped
     history = [h for h in reversed(api.history(image)) if h.get("Size", 0) > 0 or "#(nop)" not in h.get("CreatedBy", "")]
     rootfs_layers = api.inspect_image(image)["RootFS"]["Layers"]
     layers = [Layer(i, h.get("Size", 0), h.get("CreatedBy", "")) for i, h in enumerate(history)]
@@ -162,10 +163,11 @@ def layer_report(image: str, client: Optional[docker.DockerClient] = None) -> La
 
 def verify_sha256(path: Union[str, Path], expected: str) -> Path:
     """Return `path` if its SHA-256 is `expected`; else raise ChecksumMismatch (refuse the payload)."""
-    from .images import file_sha256
+    from .engine.images import file_sha256
 
     path = Path(path)
     actual = file_sha256(path).hex()
     if actual != expected.strip().lower():
-        raise ChecksumMismatch(f"{path}: sha256 is {actual}, expected {expected}; do not use this payload, download it again from a trusted source")
+        raise ChecksumMismatch(f"{path}: sha256 is {actual}, expected {expected}; "
+                               "do not use this payload, download it again from a trusted source")
     return path

@@ -1,4 +1,8 @@
-"""The pytest layer: options, markers, fixtures, report hooks. The work happens elsewhere."""
+"""The pytest layer: options, markers, fixtures, report hooks. The work happens in BuildEnvSession.
+
+Kinds come from the registry (registry.py); nothing here names one, except
+the fixtures, which are typed so that an editor completes their methods.
+"""
 
 from __future__ import annotations
 
@@ -6,56 +10,68 @@ import itertools
 import os
 import signal
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, cast
+from collections.abc import Iterator
 
 import pytest
 
-from .config import KINDS, Layer, load_config_file, parse_selection
 from .errors import BuildEnvError
 from .naming import Owner, new_session_id
+from .registry import BUILTIN, Registry
+from .session import BuildEnvSession
+from .settings import SettingsLayer, load_config_file, parse_selection
 
-SESSION_KEY = pytest.StashKey["Any"]()
-ENVS_KEY = pytest.StashKey[list]()
+if TYPE_CHECKING:
+    from .handle import BuildEnv
+    from .kinds.container import ContainerEnv
+    from .kinds.dind import DindEnv
+    from .kinds.kind import KindCluster, KindEnv
+    from .kinds.vm import GoldenVM, VMClone
+
+SESSION_KEY = pytest.StashKey[BuildEnvSession]()
+ENVS_KEY = pytest.StashKey[list["BuildEnv"]]()
 T = TypeVar("T")
 
-FIXTURE_KINDS = {"builder_container": "container", "dind_sibling": "dind", "kind_cluster": "kind",
-                 "golden_vm": "vm", "vm_clone": "vm"}
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hooks
+
+    pluginmanager.add_hookspecs(hooks)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("buildenv", "throwaway build environments")
     group.addoption("--buildenv", default=None, metavar="KIND[,KIND...]",
-                    help=f"kinds enabled in this run: {', '.join(KINDS)} or auto (default: local)")
+                    help=f"kinds enabled in this run: {', '.join(BUILTIN)} or auto (default: local)")
     group.addoption("--buildenv-keep", action="store_true", default=False,
                     help="keep every environment and print how to reach and remove it")
     group.addoption("--buildenv-artifacts", default=None, metavar="DIR",
                     help="copy a failing test's workspace and logs to DIR/<test id>/")
-    group.addoption("--kind-bin", default="kind", metavar="PATH", help="the kind executable (default: kind on PATH)")
-    group.addoption("--kind-image", default=None, metavar="IMAGE", help="KIND node image (kind create cluster --image)")
-    group.addoption("--kind-cluster", default=None, metavar="NAME",
-                    help="reuse this existing KIND cluster instead of creating one; it is never deleted")
-    group.addoption("--vagrantfile", default=None, metavar="PATH", help="the golden VM's Vagrantfile (vm kind)")
+    builtin = Registry()
+    defaults = {(d.option, d.ini): d for kind in builtin for d in builtin.defaults(kind)}  # kinds share some
+    for default in defaults.values():
+        if default.option:
+            group.addoption(default.option, default=None, metavar=default.key.upper(), help=default.help)
+        else:
+            parser.addini(default.ini, default.help)
+    for ini in builtin.all_ini():
+        parser.addini(ini.name, ini.help, type=ini.type, default=ini.default)  # type: ignore[arg-type]
     parser.addini("buildenv", "kinds enabled by default (overridden by PYTEST_BUILDENV and --buildenv)")
     parser.addini("buildenv_config", "settings file with one section per kind (default: buildenv.yaml in rootdir)")
-    parser.addini("buildenv_image", "default image for container and dind")
-    parser.addini("buildenv_timeout", "default per-command timeout in seconds")
-    parser.addini("buildenv_spares", "builders pre-started per settings while tests run (0: none)", default="2")
-    parser.addini("buildenv_share_network", "builders of one process join a holder's network namespace "
-                  "(one open builder per holder) instead of each making one", type="bool", default=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for kind in KINDS:
+    registry = Registry()
+    config.hook.pytest_buildenv_register_kinds(registry=registry)
+    for kind in registry:
         config.addinivalue_line("markers", f"{kind}(**settings): needs the {kind} environment kind; keywords configure it")
     if config.option.help or config.option.version:
         return
     try:
-        config.stash[SESSION_KEY] = _make_session(config)
+        config.stash[SESSION_KEY] = _make_session(config, registry)
     except BuildEnvError as exc:
         raise pytest.UsageError(str(exc)) from None
-    from .reaper import OwnerLock
-
-    config.stash[SESSION_KEY].owner_lock = OwnerLock()
+    config.stash[SESSION_KEY].hold_owner_lock()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM tears down like Ctrl-C
 
@@ -64,45 +80,36 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _make_session(config: pytest.Config) -> Any:
-    from .backends import available
-    from .session import BuildEnvSession
-
+def _make_session(config: pytest.Config, registry: Registry) -> BuildEnvSession:
     workerinput = getattr(config, "workerinput", None)
     if workerinput:
         session_id, session_pid = workerinput["buildenv_session"], workerinput["buildenv_session_pid"]
     else:
         session_id, session_pid = new_session_id(), os.getpid()
+    keep, artifacts = config.option.buildenv_keep, config.option.buildenv_artifacts
+    defaults = _default_layers(config, registry)
     text, source = _selection_text(config)
-    keep, kind_bin = config.option.buildenv_keep, config.option.kind_bin
-    artifacts = config.option.buildenv_artifacts
+    selection = parse_selection(text, source, registry.names,
+                                lambda kind: registry.available(kind, defaults[kind].values))
     return BuildEnvSession(
-        parse_selection(text, source, lambda kind: available(kind, kind_bin)),
-        Owner(session_id, keep=keep),
-        session_owner=Owner(session_id, pid=session_pid, keep=keep),
-        file_layers=_config_file_layers(config),
-        ini_layers=_ini_layers(config),
-        is_session_owner=not workerinput,
-        kind_bin=kind_bin,
+        selection, Owner(session_id, keep=keep), registry=registry,
+        session_owner=Owner(session_id, pid=session_pid, keep=keep), is_session_owner=not workerinput,
+        file_layers=_config_file_layers(config, registry), default_layers=defaults,
         artifacts_dir=Path(artifacts).resolve() if artifacts else None,
         progress=_progress_writer(config),
-        share_network=config.getini("buildenv_share_network"),
+        ini={ini.name: config.getini(ini.name) for ini in registry.all_ini()},
     )
 
 
-def _ini_layers(config: pytest.Config) -> dict[str, Layer]:
-    """Defaults from ini and command-line options, weakest of the settings layers."""
-    timeout = config.getini("buildenv_timeout") or None
-    image = config.getini("buildenv_image") or None
-    per_kind = {
-        "local": {"timeout": timeout},
-        "container": {"timeout": timeout, "image": image},
-        "dind": {"timeout": timeout, "image": image},
-        "kind": {"timeout": timeout, "image": config.option.kind_image, "cluster": config.option.kind_cluster},
-        "vm": {"timeout": timeout, "vagrantfile": config.option.vagrantfile},
-    }
-    return {kind: Layer({k: v for k, v in values.items() if v is not None}, config.rootpath, "ini and options")
-            for kind, values in per_kind.items()}
+def _default_layers(config: pytest.Config, registry: Registry) -> dict[str, SettingsLayer]:
+    """Each kind's defaults from its command-line options and ini values: the weakest settings layer."""
+    layers = {}
+    for kind in registry:
+        values = {d.key: config.getoption(d.option) if d.option else config.getini(d.ini)
+                  for d in registry.defaults(kind)}
+        layers[kind] = SettingsLayer({k: v for k, v in values.items() if v not in (None, "")}, config.rootpath,
+                                     "ini and options")
+    return layers
 
 
 def _selection_text(config: pytest.Config) -> tuple[Optional[str], str]:
@@ -113,23 +120,23 @@ def _selection_text(config: pytest.Config) -> tuple[Optional[str], str]:
     return config.getini("buildenv") or None, "ini buildenv"
 
 
-def _config_file_layers(config: pytest.Config) -> dict[str, Layer]:
+def _config_file_layers(config: pytest.Config, registry: Registry) -> dict[str, SettingsLayer]:
     named = config.getini("buildenv_config")
     path = config.rootpath / (named or "buildenv.yaml")
     if named or path.exists():
-        return load_config_file(path)
+        return load_config_file(path, registry)
     return {}
 
 
-def _progress_writer(config: pytest.Config) -> Any:
+def _progress_writer(config: pytest.Config) -> Callable[[str], None]:
     def write(line: str) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and config.get_verbosity() >= 0:
+        if reporter is not None and config.option.verbose >= 0:
             reporter.write_line(f"[buildenv] {line}")
     return write
 
 
-def _session(config: pytest.Config) -> Any:
+def _session(config: pytest.Config) -> BuildEnvSession:
     return config.stash[SESSION_KEY]
 
 
@@ -144,10 +151,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not bs.is_session_owner:
         return
     try:
-        bs.check_explicit_kinds()
-        if bs.reaps:
-            for finding in bs.reap_dead():
-                bs.progress(f"reaped {finding.resource} {finding.name} ({finding.reason})")
+        for finding in bs.start():
+            bs.progress(f"reaped {finding.resource} {finding.name} ({finding.reason})")
     except BuildEnvError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -161,20 +166,16 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    stats = getattr(node, "workeroutput", {}).get("buildenv_stats")
-    if stats:
-        _session(node.config).stats.add(stats)
-    if getattr(node, "workeroutput", {}).get("buildenv_failed"):
-        _session(node.config).failed = True
+    output = getattr(node, "workeroutput", {}).get("buildenv")
+    if output:
+        _session(node.config).add_worker_output(output)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     bs = _session(session.config)
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
-        bs.wait_for_teardown()
-        workeroutput["buildenv_stats"] = bs.stats.as_dict()
-        workeroutput["buildenv_failed"] = bs.failed
+        workeroutput["buildenv"] = bs.finish_process()
     elif bs.is_session_owner:
         bs.finish()
 
@@ -182,7 +183,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) -> None:
     # Under xdist too, nextitem is None only for a worker's last test: spares made then would be wasted.
-    _session(item.config).more_tests_coming = nextitem is not None
+    _session(item.config).test_starting(last=nextitem is None)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -195,47 +196,40 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 def pytest_unconfigure(config: pytest.Config) -> None:
     bs = config.stash.get(SESSION_KEY, None)
     if bs is not None:
-        bs.owner_lock.release()
+        bs.release_owner_lock()
 
 
 # --- selection -----------------------------------------------------------------
-def _marked_kinds(node: Any) -> list[str]:
+def _marked_kinds(node: Any, registry: Registry) -> list[str]:
     marked = {m.name for m in node.iter_markers()}
-    return [kind for kind in KINDS if kind in marked]
+    return [kind for kind in registry if kind in marked]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`buildenv` runs once per enabled kind the test allows; a marked but disabled kind is a skip."""
     if "buildenv" not in metafunc.fixturenames:
         return
-    selection = _session(metafunc.config).selection
-    marked = _marked_kinds(metafunc.definition)
-    kinds = marked or list(selection.kinds)
-    params = [pytest.param(kind, id=kind, marks=() if selection.enabled(kind)
+    bs = _session(metafunc.config)
+    kinds = _marked_kinds(metafunc.definition, bs.registry) or list(bs.selection.kinds)
+    params = [pytest.param(kind, id=kind, marks=() if bs.selection.enabled(kind)
                            else pytest.mark.skip(reason=f"run with --buildenv={kind}"))
               for kind in kinds]
     metafunc.parametrize("buildenv", params, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    selection = _session(config).selection
+    bs = _session(config)
     for item in items:
-        if "buildenv" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "buildenv" in fixtures:
             continue  # skipped per parameter above
-        needed = _marked_kinds(item) + [k for f, k in FIXTURE_KINDS.items() if f in getattr(item, "fixturenames", ())]
-        missing = [kind for kind in KINDS if kind in needed and not selection.enabled(kind)]
+        needed = {*_marked_kinds(item, bs.registry), *filter(None, map(bs.registry.kind_of_fixture, fixtures))}
+        missing = [kind for kind in bs.registry if kind in needed and not bs.selection.enabled(kind)]
         if missing:
             item.add_marker(pytest.mark.skip(reason=f"run with --buildenv={','.join(missing)}"))
 
 
 # --- fixtures --------------------------------------------------------------------
-def _test_settings(request: pytest.FixtureRequest, kind: str) -> Any:
-    """The kind's settings for this test: ini < buildenv.yaml < the test's marker."""
-    marker = request.node.get_closest_marker(kind)
-    return _session(request.config).settings(kind, marker.kwargs if marker else {}, request.node.path.parent,
-                                             request.node.nodeid)
-
-
 def _or_fail(make: Callable[[], T]) -> T:
     """`make()`, or the test fails in the error's one line (raised outside the except: no chained traceback)."""
     try:
@@ -245,9 +239,21 @@ def _or_fail(make: Callable[[], T]) -> T:
     pytest.fail(failure, pytrace=False)
 
 
-def _open_env(request: pytest.FixtureRequest, kind: str, workspace: Path) -> Iterator[Any]:
+def _test_settings(request: pytest.FixtureRequest, kind: str) -> Any:
+    marker = request.node.get_closest_marker(kind)
+    return _session(request.config).settings(kind, marker.kwargs if marker else {}, request.node.path.parent,
+                                             request.node.nodeid)
+
+
+def open_environment(request: pytest.FixtureRequest, kind: str) -> Iterator[BuildEnv]:
+    """A fresh environment of `kind` for the requesting test, closed after it (for kinds' fixtures)."""
     bs = _session(request.config)
-    env = _or_fail(lambda: bs.open(kind, _test_settings(request, kind), workspace, request.node.nodeid))
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    # One workspace per environment: a test may open two (say `buildenv` and `builder_container`).
+    workspace = next(p for p in (tmp_path / f"workspace{n or ''}" for n in itertools.count()) if not p.exists())
+    workspace.mkdir()
+    scratch = request.getfixturevalue("tmp_path_factory").getbasetemp()
+    env = _or_fail(lambda: bs.open(kind, _test_settings(request, kind), workspace, request.node.nodeid, scratch))
     request.node.stash.setdefault(ENVS_KEY, []).append(env)
     try:
         yield env
@@ -255,57 +261,47 @@ def _open_env(request: pytest.FixtureRequest, kind: str, workspace: Path) -> Ite
         bs.close(env)
 
 
-def _workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    bs = _session(request.config)
-    spares = int(request.config.getini("buildenv_spares") or 0)
-    if bs.spares is None and spares > 0:
-        from .spares import SparePool
-
-        # Under basetemp, so that it is on a bind mount when pytest runs in a runner container.
-        root = request.getfixturevalue("tmp_path_factory").getbasetemp() / "buildenv-workspaces"
-        bs.spares = SparePool(root, depth=spares)
-    # One per environment: a test may open two (say `buildenv` and `builder_container`).
-    workspace = next(p for p in (tmp_path / f"workspace{n or ''}" for n in itertools.count()) if not p.exists())
-    workspace.mkdir()
-    return workspace
-
-
 @pytest.fixture
-def buildenv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+def buildenv(request: pytest.FixtureRequest) -> Iterator[BuildEnv]:
     """A fresh environment of each enabled kind the test allows (ids [local], [container], ...)."""
-    kind = getattr(request, "param", "local")
-    yield from _open_env(request, kind, _workspace(request, tmp_path))
+    yield from open_environment(request, getattr(request, "param", "local"))
 
 
 @pytest.fixture
-def builder_container(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+def builder_container(request: pytest.FixtureRequest) -> Iterator[ContainerEnv]:
     """A fresh builder container, workspace at /work, running as you."""
-    yield from _open_env(request, "container", _workspace(request, tmp_path))
+    for env in open_environment(request, "container"):
+        yield cast("ContainerEnv", env)
 
 
 @pytest.fixture
-def dind_sibling(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+def dind_sibling(request: pytest.FixtureRequest) -> Iterator[DindEnv]:
     """A builder holding the Docker socket; `.sibling(image)` starts containers sharing its workspace."""
-    yield from _open_env(request, "dind", _workspace(request, tmp_path))
+    for env in open_environment(request, "dind"):
+        yield cast("DindEnv", env)
 
 
 @pytest.fixture
-def kind_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindCluster]:
     """The run's throwaway KIND cluster (one per distinct settings, shared by all xdist workers)."""
-    for env in _open_env(request, "kind", _workspace(request, tmp_path)):
-        yield env.cluster
+    for env in open_environment(request, "kind"):
+        yield cast("KindEnv", env).cluster
 
 
 @pytest.fixture
-def golden_vm(request: pytest.FixtureRequest) -> Any:
+def golden_vm(request: pytest.FixtureRequest) -> GoldenVM:
     """The run's golden VM: the Vagrantfile provisioned once and frozen into a box (cached by content)."""
-    return _or_fail(lambda: _session(request.config).goldens.golden_for(_test_settings(request, "vm")))
+    from .kinds.vm import Goldens
+
+    goldens = _session(request.config).manager_of("vm", Goldens)
+    return _or_fail(lambda: goldens.golden_for(_test_settings(request, "vm")))
 
 
 @pytest.fixture
-def vm_clone(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+def vm_clone(request: pytest.FixtureRequest) -> Iterator[VMClone]:
     """A throwaway clone of the golden VM; commands run over SSH."""
-    yield from _open_env(request, "vm", _workspace(request, tmp_path))
+    for env in open_environment(request, "vm"):
+        yield cast("VMClone", env)
 
 
 # --- reports ---------------------------------------------------------------------
@@ -315,7 +311,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     envs = item.stash.get(ENVS_KEY, None)
     if report.failed:
-        _session(item.config).failed = True
+        _session(item.config).test_failed()
     if not envs or not report.failed or report.when == "teardown":
         return
     from .reports import SECTION, save_artifacts, transcript_text

@@ -11,6 +11,7 @@ without our labels.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import os
@@ -20,13 +21,14 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Iterable, Iterator
 
 from .events import emit
-from .naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CACHE, LABEL_CLUSTER, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION, session_filter
+from .naming import LABEL_CACHE, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION
 
 if TYPE_CHECKING:
-    import docker
+    from .registry import Finder, Services
 
 OWNERS_DIR = Path(tempfile.gettempdir()) / "pytest-buildenv-owners"
 
@@ -49,10 +51,8 @@ class OwnerLock:
         self.path = _owner_file(socket.gethostname(), os.getpid())
         if OwnerLock._users == 0:
             OWNERS_DIR.mkdir(exist_ok=True)
-            try:  # shared by every user of this host, like /tmp itself
+            with contextlib.suppress(PermissionError):  # shared by every user of this host, like /tmp itself
                 os.chmod(OWNERS_DIR, 0o1777)
-            except PermissionError:
-                pass
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             OwnerLock._fd = fd
@@ -118,48 +118,6 @@ class Labelled:
     remove: Callable[[], None]
 
 
-def labelled_resources(client: docker.DockerClient, filters: dict[str, list[str]]) -> Iterator[Labelled]:
-    """Everything carrying our session label, containers first so images free up last."""
-    import docker as sdk
-
-    def quietly(action: Callable[[], object]) -> Callable[[], None]:
-        # Another reaper (a concurrent session) may be removing the same thing: gone is gone.
-        def run() -> None:
-            try:
-                action()
-            except sdk.errors.NotFound:
-                pass
-            except sdk.errors.APIError as exc:
-                if exc.status_code != 409 and "in progress" not in str(exc):
-                    raise
-                emit("reap-conflict", "resource", str(exc)[:300])
-        return run
-
-    api = client.api
-    for c in api.containers(all=True, filters=filters):
-        yield Labelled("container", c["Id"], c["Names"][0].lstrip("/"), c["Labels"] or {},
-                       quietly(partial(api.remove_container, c["Id"], force=True, v=True)))
-    for n in api.networks(filters=filters):
-        yield Labelled("network", n["Id"], n["Name"], n.get("Labels") or {}, quietly(partial(api.remove_network, n["Id"])))
-    for v in api.volumes(filters=filters).get("Volumes") or []:
-        labels = v.get("Labels") or {}
-        if LABEL_CLUSTER in labels:  # the shadow of a KIND cluster: remove its nodes with it
-            cluster = labels[LABEL_CLUSTER]
-            yield Labelled("cluster", v["Name"], cluster, labels, quietly(partial(_remove_cluster, api, cluster, v["Name"])))
-            continue
-        yield Labelled("volume", v["Name"], v["Name"], labels, quietly(partial(api.remove_volume, v["Name"], force=True)))
-    for i in api.images(filters=filters):
-        name = (i.get("RepoTags") or [i["Id"]])[0]
-        yield Labelled("image", i["Id"], name, i.get("Labels") or {}, quietly(partial(api.remove_image, i["Id"], force=True)))
-
-
-def _remove_cluster(api: Any, cluster: str, shadow_volume: str) -> None:
-    """What `kind delete cluster` does to the engine: remove the nodes; then the shadow."""
-    for node in api.containers(all=True, filters={"label": [f"{KIND_CLUSTER_LABEL}={cluster}"]}):
-        api.remove_container(node["Id"], force=True, v=True)
-    api.remove_volume(shadow_volume, force=True)
-
-
 def judge(labels: dict[str, str], *, this_host: str, foreign_max_age: Optional[float],
           include_kept: bool, now: Optional[float] = None, include_cache: bool = False) -> tuple[str, str]:
     """(action, reason) for one resource: remove it, keep it, or only report it."""
@@ -176,15 +134,6 @@ def judge(labels: dict[str, str], *, this_host: str, foreign_max_age: Optional[f
     if owner_alive(host, pid):
         return "keep", f"owner pid {pid} is alive"
     return "remove", f"owner pid {pid} is gone"
-
-
-def labelled_vms(session: Optional[str] = None) -> Iterator[Labelled]:
-    """libvirt domains whose description carries our labels (clones of golden VMs)."""
-    from .backends.vm import destroy_domain, labelled_domains
-
-    for name, labels in labelled_domains():
-        if session is None or labels.get(LABEL_SESSION) == session:
-            yield Labelled("vm", name, name, labels, partial(destroy_domain, name))
 
 
 def labelled_state_dirs(session: Optional[str] = None) -> Iterator[Labelled]:
@@ -205,15 +154,20 @@ def labelled_state_dirs(session: Optional[str] = None) -> Iterator[Labelled]:
                            partial(shutil.rmtree, directory, ignore_errors=True))
 
 
-def reap(client: Optional[docker.DockerClient], *, dry_run: bool = False, session: Optional[str] = None,
+def reap(finders: Iterable[Finder], services: Services, *, dry_run: bool = False, session: Optional[str] = None,
          include_kept: bool = False, foreign_max_age: Optional[float] = None,
-         force: bool = False, include_cache: bool = False) -> list[Finding]:
-    """Remove dead owners' resources (or, with `force`, every resource of `session`)."""
+         force: bool = False, include_cache: bool = False,
+         unreachable: Optional[Callable[[str], None]] = None) -> list[Finding]:
+    """Remove dead owners' resources (or, with `force`, every resource of `session`).
+
+    `finders` are the kinds' ways of finding what they labelled (registry.finders);
+    session state directories are always looked at. With `unreachable`, a finder whose
+    tooling does not answer (BuildEnvError) is reported to it and skipped, not raised.
+    """
     this_host = socket.gethostname()
-    filters = session_filter(session) if session else ANY_OWNED
     findings = []
-    docker_items = labelled_resources(client, filters) if client is not None else iter(())
-    for item in itertools.chain(docker_items, labelled_vms(session), labelled_state_dirs(session)):
+    found = itertools.chain.from_iterable(_found(finder, services, session, unreachable) for finder in finders)
+    for item in itertools.chain(found, labelled_state_dirs(session)):
         if force and (include_cache or LABEL_CACHE not in item.labels):
             action, reason = "remove", "session swept by its owner"
         else:
@@ -225,3 +179,24 @@ def reap(client: Optional[docker.DockerClient], *, dry_run: bool = False, sessio
         findings.append(Finding(item.resource, item.ident, item.name,
                                 item.labels.get(LABEL_SESSION, "?"), action, reason))
     return findings
+
+
+def _found(finder: Finder, services: Services, session: Optional[str],
+           unreachable: Optional[Callable[[str], None]]) -> list[Labelled]:
+    from .errors import BuildEnvError
+
+    try:
+        return list(finder(services, session))
+    except BuildEnvError as exc:
+        if unreachable is None:
+            raise
+        unreachable(str(exc))
+        return []
+
+
+def reap_kinds(kinds: Iterable[str], **options: Any) -> list[Finding]:
+    """reap() over the named kinds' leftovers, outside any session (the CLI, a library user)."""
+    from .naming import Owner, new_session_id
+    from .registry import Registry, Services
+
+    return reap(Registry().finders(kinds), Services(Owner(new_session_id())), **options)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
-from .backends.base import BuildEnv
+from .errors import BuildEnvError
+from .handle import BuildEnv
 
 SECTION = "buildenv transcript"
 
@@ -24,11 +24,18 @@ def sanitize_test_id(nodeid: str) -> str:
 
 
 def save_artifacts(envs: Iterable[BuildEnv], nodeid: str, root: Path) -> Path:
-    """Copy each environment's workspace and transcript to ROOT/<test id>/; return that directory."""
+    """Copy each environment's workdir (as `get` fetches it: a VM's from the guest) and transcript
+    to ROOT/<test id>/; return that directory."""
     target = root / sanitize_test_id(nodeid)
     target.mkdir(parents=True, exist_ok=True)
     for number, env in enumerate(envs):
         label = env.kind if number == 0 else f"{env.kind}-{number}"
-        shutil.copytree(env.workspace, target / f"workspace-{label}", symlinks=True, dirs_exist_ok=True)
+        workspace = target / f"workspace-{label}"
+        try:
+            env.get(env.workdir, workspace)
+        except (OSError, BuildEnvError) as exc:
+            workspace.mkdir(exist_ok=True)
+            (workspace.parent / f"workspace-{label}.missing.txt").write_text(
+                f"{env.workdir} could not be fetched from the {env.kind} environment: {exc}\n")
         (target / f"transcript-{label}.txt").write_text(env.transcript.render() + "\n")
     return target

@@ -1,9 +1,9 @@
-"""One test session's environments: settings, creation, teardown, bookkeeping.
+"""One test session's environments: settings, opening and closing them, and the session's end.
 
-Works without pytest: the plugin hands it plain values (the selection text,
-the config file, the marker's keyword arguments) and asks it for handles.
-What each family of kinds shares across a session lives in its own module:
-builders.py (container, dind), clusters.py (kind), goldens.py (vm).
+Works without pytest: the plugin hands it plain values (the selection, the
+settings layers, a marker's keyword arguments) and asks it for handles. What a
+kind shares across a session lives in that kind's manager (see registry.py);
+this module names no kind.
 """
 
 from __future__ import annotations
@@ -12,25 +12,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from collections.abc import Mapping
 
-from .backends import check_tooling
-from .backends.base import BuildEnv
-from .config import DOCKER_KINDS, ContainerSettings, KindSettings, Layer, Selection, Settings, VMSettings, merge
 from .errors import ConfigError
 from .naming import Owner
-from .sharing import SharedState
+from .registry import Manager, Registry, Services, SessionEnd, TestInfo
+from .settings import CommonSettings, Selection, SettingsLayer, merge
 
 if TYPE_CHECKING:
-    import docker
+    from .handle import BuildEnv
+    from .reaper import Finding, Labelled, OwnerLock
 
-    from .builders import Builders
-    from .clusters import Clusters
-    from .goldens import Goldens
-    from .reaper import Finding
-    from .spares import SparePool
-
-Progress = Callable[[str], None]
+M = TypeVar("M")
 
 
 @dataclass
@@ -52,173 +46,135 @@ class Stats:
 
 
 class BuildEnvSession:
-    def __init__(self, selection: Selection, owner: Owner, *, session_owner: Optional[Owner] = None,
-                 file_layers: Optional[dict[str, Layer]] = None,
-                 ini_layers: Optional[dict[str, Layer]] = None, is_session_owner: bool = True,
-                 kind_bin: str = "kind", artifacts_dir: Optional[Path] = None,
-                 progress: Optional[Progress] = None, share_network: bool = True) -> None:
+    def __init__(self, selection: Selection, owner: Owner, *, registry: Optional[Registry] = None,
+                 session_owner: Optional[Owner] = None, is_session_owner: bool = True,
+                 file_layers: Optional[dict[str, SettingsLayer]] = None,
+                 default_layers: Optional[dict[str, SettingsLayer]] = None,
+                 artifacts_dir: Optional[Path] = None, progress: Optional[Callable[[str], None]] = None,
+                 ini: Optional[Mapping[str, Any]] = None) -> None:
+        self.registry = registry or Registry()
         self.selection = selection
         self.owner = owner
+        self.is_session_owner = is_session_owner
+        self.file_layers = file_layers or {}
+        self.default_layers = default_layers or {}
+        self.artifacts_dir = artifacts_dir
         # Shared resources (session images, clusters) belong to the process that
         # outlives every worker, so a crashed worker cannot get them reaped.
-        self.session_owner = session_owner or owner
-        self.owner_lock: Any = None
+        self.services = Services(owner, session_owner, progress=progress, ini=ini)
+        self.stats = Stats()
         self.findings_at_end: list[Finding] = []
         self.left_behind = 0
-        self.file_layers = file_layers or {}
-        self.ini_layers = ini_layers or {}
-        self.kind_bin = kind_bin
-        self.artifacts_dir = artifacts_dir
-        self.share_network = share_network
-        self.failed = False  # set by the plugin: a failed run exports cluster logs
-        self.spares: Optional[SparePool] = None  # the plugin turns pre-starting on
-        self.more_tests_coming = True  # the plugin says when a process runs its last test: no spares then
-        self.is_session_owner = is_session_owner
-        self.progress = progress or (lambda line: None)
-        self.shared = SharedState(owner.session, labels=self.session_owner.labels("state"))
-        self.stats = Stats()
-        self._client: Optional[docker.DockerClient] = None
-        # One per family of kinds, made when first needed (each imports what it needs then).
-        self._builders: Optional[Builders] = None
-        self._clusters: Optional[Clusters] = None
-        self._goldens: Optional[Goldens] = None
+        self._managers: dict[str, Manager] = {}
+        self._failed = False
+        self._more_tests_coming = True
+        self._owner_lock: Optional[OwnerLock] = None
 
-    # --- tooling ---------------------------------------------------------
-    def check_explicit_kinds(self) -> None:
-        """An explicitly enabled kind with missing tooling is an error, never a skip."""
+    @property
+    def progress(self) -> Callable[[str], None]:
+        return self.services.progress
+
+    # --- the process's life ----------------------------------------------
+    def hold_owner_lock(self) -> None:
+        """Held while this process lives: how the reaper of another session learns we are alive."""
+        from .reaper import OwnerLock
+
+        if self._owner_lock is None:
+            self._owner_lock = OwnerLock()
+
+    def release_owner_lock(self) -> None:
+        if self._owner_lock is not None:
+            self._owner_lock.release()
+            self._owner_lock = None
+
+    def start(self) -> list[Finding]:
+        """Session owner, before any test: explicit kinds must be usable; then reap dead owners' leftovers."""
         if self.selection.explicit:
             for kind in self.selection.kinds:
-                check_tooling(kind, self.kind_bin)
+                self.registry.check(kind, self._defaults(kind)).raise_if_unusable()
+        return [f for f in self._reap() if f.action == "remove"]
 
-    @property
-    def uses_docker(self) -> bool:
-        return any(kind in DOCKER_KINDS for kind in self.selection.kinds)
+    def test_starting(self, last: bool) -> None:
+        """A process's last test: nothing to pre-start for the test after it."""
+        self._more_tests_coming = not last
 
-    @property
-    def client(self) -> docker.DockerClient:
-        if self._client is None:
-            from .engine import connect
+    def test_failed(self) -> None:
+        self._failed = True
 
-            self._client = connect()
-        return self._client
-
-    @property
-    def builders(self) -> Builders:
-        """container and dind: images, spares, shared network namespaces."""
-        if self._builders is None:
-            from .builders import Builders
-
-            self._builders = Builders(self.client, self.owner, self.session_owner, self.shared, self.progress,
-                                      share_network=self.share_network)
-        return self._builders
-
-    @property
-    def clusters(self) -> Clusters:
-        """kind: the session's clusters."""
-        if self._clusters is None:
-            from .clusters import Clusters
-
-            self._clusters = Clusters(self.shared, self.owner, self.session_owner, self.client,
-                                      kind_bin=self.kind_bin, progress=self.progress)
-        return self._clusters
-
-    @property
-    def goldens(self) -> Goldens:
-        """vm: golden VMs and their clones."""
-        if self._goldens is None:
-            from .goldens import Goldens
-
-            self._goldens = Goldens(self.shared, self.owner, self.progress)
-        return self._goldens
-
-    # --- settings --------------------------------------------------------
-    def settings(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path, test: str = "") -> Settings:
-        layers = [layer for layer in (self.ini_layers.get(kind), self.file_layers.get(kind)) if layer is not None]
+    # --- settings and environments ---------------------------------------
+    def settings(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path, test: str = "") -> CommonSettings:
+        """The kind's settings for a test: defaults < buildenv.yaml < the test's marker."""
+        layers = [layer for layer in (self.default_layers.get(kind), self.file_layers.get(kind)) if layer is not None]
         if marker_values:
-            layers.append(Layer(marker_values, test_dir, f"@pytest.mark.{kind} of {test or test_dir}"))
-        return merge(kind, layers)
+            layers.append(SettingsLayer(marker_values, test_dir, f"@pytest.mark.{kind} of {test or test_dir}"))
+        return merge(self.registry.spec(kind).settings, kind, layers)
 
-    # --- environments ----------------------------------------------------
-    def open(self, kind: str, settings: Settings, workspace: Path, test: str = "") -> BuildEnv:
+    def manager(self, kind: str) -> Manager:
+        """The kind's manager for this process, made (cheaply: it starts nothing) on first use."""
+        if kind not in self._managers:
+            self._managers[kind] = self.registry.spec(kind).manager(self.services)
+        return self._managers[kind]
+
+    def manager_of(self, kind: str, cls: type[M]) -> M:
+        """The kind's manager as its own class, for what only that kind offers (e.g. golden VMs)."""
+        manager = self.manager(kind)
+        if not isinstance(manager, cls):
+            raise ConfigError(f"the {kind} kind's manager is a {type(manager).__name__}, not a {cls.__name__}")
+        return manager
+
+    def open(self, kind: str, settings: CommonSettings, workspace: Path, test: str = "",
+             scratch: Optional[Path] = None) -> BuildEnv:
         started = time.monotonic()
-        env = self._make(kind, settings, workspace, test)
+        env = self.manager(kind).open(settings, workspace, TestInfo(test, self._more_tests_coming, scratch))
         self.stats.made[kind] += 1
         self.stats.setup_seconds += time.monotonic() - started
         return env
 
-    def _make(self, kind: str, settings: Settings, workspace: Path, test: str) -> BuildEnv:
-        if kind == "local":
-            from .backends.local import LocalEnv
-
-            return LocalEnv(workspace, environment=settings.environment, timeout=settings.timeout)
-        if kind in ("container", "dind"):
-            assert isinstance(settings, ContainerSettings)
-            return self.builders.open(kind, settings, workspace, test, self.spares, self.more_tests_coming)
-        if kind == "kind":
-            assert isinstance(settings, KindSettings)
-            return self.clusters.open(settings, workspace)
-        if kind == "vm":
-            assert isinstance(settings, VMSettings)
-            return self.goldens.open(settings, workspace, test)
-        check_tooling(kind, self.kind_bin)  # raises BackendUnavailable for kinds this version lacks
-        raise ConfigError(f"cannot make a {kind} environment")
-
     def close(self, env: BuildEnv) -> None:
         started = time.monotonic()
         if self.owner.keep:
-            self.stats.kept.append(describe_kept(env))
-        elif env.kind == "vm":
-            self.goldens.close(env)
-        elif env.kind in ("container", "dind"):
-            self.builders.close(env)
+            self.stats.kept.append(self.manager(env.kind).describe_kept(env))
         else:
-            env.close()
+            self.manager(env.kind).close(env)
         self.stats.teardown_seconds += time.monotonic() - started
 
-    # --- session start and end (session owner only) ----------------------
-    @property
-    def reaps(self) -> bool:
-        return self.uses_docker or "vm" in self.selection.kinds
-
-    @property
-    def _docker_or_none(self) -> Optional[docker.DockerClient]:
-        """What the reaper needs: the engine if a kind uses it (a vm-only run never connects)."""
-        return self.client if self.uses_docker else None
-
-    def reap_dead(self) -> list[Finding]:
-        from .reaper import reap
-
-        return [f for f in reap(self._docker_or_none) if f.action == "remove"]
-
-    def sweep(self) -> list[Finding]:
-        """Remove whatever this session still owns: a crashed worker's leftovers, shared images."""
-        from .reaper import reap
-
-        self.wait_for_teardown()
-        if "kind" in self.selection.kinds:
-            export_to = self.artifacts_dir if self.failed else None
-            self.clusters.teardown(export_to, kept=self.stats.kept if self.owner.keep else None)
-        if self.owner.keep:
-            return []  # kept: the shared directory still holds the kept clusters' kubeconfigs
-        self.shared.remove()  # first: our own state directory is not a leftover to report
-        return reap(self._docker_or_none, session=self.owner.session, force=True) if self.reaps else []
-
-    def wait_for_teardown(self) -> None:
-        """Builders are removed in the background; this is where the process waits for them."""
+    # --- the session's end -------------------------------------------------
+    def finish_process(self) -> dict[str, Any]:
+        """Every process, at its end: managers wait for their teardown. Returns what a worker reports."""
         started = time.monotonic()
-        if self._goldens is not None:
-            self._goldens.close_idle()
-        if self._builders is not None:
-            self._builders.wait(self.spares)
+        end = SessionEnd(session_owner=self.is_session_owner, failed=self._failed, artifacts=self.artifacts_dir)
+        # The session owner ends every enabled kind: under xdist it made none, but it tears down what workers shared.
+        kinds = self.selection.kinds if self.is_session_owner else tuple(self._managers)
+        for kind in kinds:
+            self.manager(kind).finish(end)
+        self.stats.kept.extend(end.kept)
         self.stats.teardown_seconds += time.monotonic() - started
+        return {"stats": self.stats.as_dict(), "failed": self._failed}
+
+    def add_worker_output(self, output: Mapping[str, Any]) -> None:
+        self.stats.add(output.get("stats", {}))
+        if output.get("failed"):
+            self._failed = True
 
     def finish(self) -> None:
-        """Session owner, at the very end: sweep, then count what is still there."""
-        self.findings_at_end = self.sweep()
-        if self.reaps and not self.owner.keep:
-            from .reaper import reap
+        """Session owner, at the very end: finish, sweep what this session still owns, count what remains."""
+        self.finish_process()
+        if self.owner.keep:
+            return  # kept: the shared directory still holds the kept clusters' kubeconfigs
+        from .sharing import remove_session_state
 
-            self.left_behind = len(reap(self._docker_or_none, session=self.owner.session, dry_run=True, force=True))
+        remove_session_state(self.owner.session)  # first: our own state directory is not a leftover to report
+        self.findings_at_end = self._reap(session=self.owner.session, force=True)
+        self.left_behind = len(self._reap(session=self.owner.session, force=True, dry_run=True))
+
+    def _reap(self, **options: Any) -> list[Finding]:
+        from .reaper import reap
+
+        return reap(self.registry.finders(self.selection.kinds), self.services, **options)
+
+    def leftovers(self) -> list[Labelled]:
+        """Every labelled resource of the enabled kinds, whatever its session (for a suite's leak check)."""
+        return [item for finder in self.registry.finders(self.selection.kinds) for item in finder(self.services, None)]
 
     def summary_lines(self) -> list[str]:
         made = ", ".join(f"{n} {kind}" for kind, n in sorted(self.stats.made.items())) or "none"
@@ -231,11 +187,6 @@ class BuildEnvSession:
             lines.append(f"  remove them all with: python -m pytest_buildenv reap --session {self.owner.session} --include-kept")
         return lines
 
-
-def describe_kept(env: BuildEnv) -> str:
-    if env.kind == "vm":
-        return f"vm {getattr(env, 'domain', '?')}: cd {getattr(env, 'dir', '?')} && vagrant ssh"
-    name = getattr(env, "name", None)
-    if name:
-        return f"{env.kind} {name}: docker exec -it {name} sh   (workspace {env.workspace})"
-    return f"{env.kind} workspace {env.workspace}"
+    def _defaults(self, kind: str) -> Mapping[str, Any]:
+        layer = self.default_layers.get(kind)
+        return layer.values if layer is not None else {}

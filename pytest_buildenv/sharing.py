@@ -64,3 +64,8 @@ class SharedState:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def remove_session_state(session: str) -> None:
+    """Remove a session's state directory without making it first (the owner may never have needed one)."""
+    shutil.rmtree(state_root() / "sessions" / session, ignore_errors=True)

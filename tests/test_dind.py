@@ -52,7 +52,7 @@ def test_sibling_handle_shares_workspace_and_user(dind_sibling):
     dind_sibling.close()
     import docker
 
-    from pytest_buildenv.backends.container import wait_for_removals
+    from pytest_buildenv.engine.containers import wait_for_removals
 
     assert wait_for_removals() == []
     with pytest.raises(docker.errors.NotFound):

@@ -9,9 +9,9 @@ import docker
 import pytest
 
 from pytest_buildenv.hygiene import ChecksumMismatch, layer_report, leaked_files, verify_sha256
-from pytest_buildenv.images import BuildSpec, ImageBuilder
+from pytest_buildenv.engine.images import BuildSpec, ImageBuilder
 from pytest_buildenv.naming import Owner, new_session_id
-from pytest_buildenv.reaper import reap
+from pytest_buildenv.reaper import reap_kinds
 
 DATA = Path(__file__).parent / "data" / "hygiene"
 
@@ -21,7 +21,7 @@ def build():
     client = docker.from_env()
     builder = ImageBuilder(client, Owner(new_session_id()))
     yield lambda name: builder.build(BuildSpec(DATA / name, DATA))
-    reap(client, session=builder.owner.session, force=True)
+    reap_kinds(["container"], session=builder.owner.session, force=True)
 
 
 def test_silly_secrets_are_flagged_with_the_layer_that_holds_them(build):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_buildenv import ConfigError, ImageBuildError
-from pytest_buildenv.images import BuildSpec, ImageBuilder
+from pytest_buildenv.engine.images import BuildSpec, ImageBuilder
 from pytest_buildenv.naming import LABEL_SESSION, Owner
 
 # These tests start pytest sessions of their own, and every session reaps dead owners' resources
@@ -41,12 +41,12 @@ def test_context_dockerignore_is_the_fallback(builder_container):
 def builder(tmp_path):
     import docker
 
-    from pytest_buildenv.reaper import reap
+    from pytest_buildenv.reaper import reap_kinds
 
     owner = Owner(f"imgtest{tmp_path.name[-6:].replace('_', '')}")
     client = docker.from_env()
     yield ImageBuilder(client, owner)
-    reap(client, session=owner.session, force=True)
+    reap_kinds(["container"], session=owner.session, force=True)
 
 
 def test_same_content_is_built_once_and_new_content_rebuilt(builder, tmp_path):

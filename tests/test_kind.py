@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pytest_buildenv import ClusterError, ConfigError
-from pytest_buildenv.backends.kind import KindCluster
+from pytest_buildenv.kinds.kind import KindCluster
 from pytest_buildenv.events import read as read_events
 from pytest_buildenv.naming import KIND_CLUSTER_LABEL, Owner, new_session_id
 

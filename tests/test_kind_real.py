@@ -30,10 +30,10 @@ pytestmark = pytest.mark.skipif(bool(_real_kind()), reason=_real_kind() or "real
 def test_build_load_install_wait_reach_delete(tmp_path):
     import docker
 
-    from pytest_buildenv.backends.kind import KindCluster
-    from pytest_buildenv.images import BuildSpec, ImageBuilder
+    from pytest_buildenv.kinds.kind import KindCluster
+    from pytest_buildenv.engine.images import BuildSpec, ImageBuilder
     from pytest_buildenv.naming import Owner, new_session_id
-    from pytest_buildenv.reaper import reap
+    from pytest_buildenv.reaper import reap_kinds
 
     client = docker.from_env()
     owner = Owner(new_session_id())
@@ -52,4 +52,4 @@ def test_build_load_install_wait_reach_delete(tmp_path):
             assert "hello" in cluster.kubectl("get", "deployments", "-o", "name").stdout
         assert cluster.name not in subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True).stdout
     finally:
-        reap(client, session=owner.session, force=True)
+        reap_kinds(["container", "kind"], session=owner.session, force=True)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pytest_buildenv import BuildCommandError, CommandTimeout, ConfigError
-from pytest_buildenv.backends.local import LocalEnv
+from pytest_buildenv.kinds.local import LocalEnv
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from pytest_buildenv.events import read as read_events
 from pytest_buildenv.naming import LABEL_SESSION, Owner
-from pytest_buildenv.reaper import judge, reap
+from pytest_buildenv.reaper import judge, reap_kinds
 from pytest_buildenv.sharing import state_root
 
 # These tests start pytest sessions of their own, and every session reaps dead owners' resources
@@ -64,7 +64,9 @@ class Project:
 
     def start_holding(self, *args: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, "-m", "pytest", "test_hold.py", "--buildenv=container", *args],
-                                cwd=self.root, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                cwd=self.root, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                # A runner started in the background inherits SIGINT ignored; Ctrl-C must reach pytest.
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.wait_written(self.ready, proc, timeout=60)
         return proc
 
@@ -204,7 +206,7 @@ def test_many(builder_container, n):
 def test_unlabelled_resources_are_never_touched(client):
     stranger = client.containers.run(BUSYBOX, ["sleep", "300"], detach=True)
     try:
-        reap(client)
+        reap_kinds(["container"])
         assert client.containers.get(stranger.id).status == "running"
     finally:
         stranger.remove(force=True)

@@ -108,7 +108,7 @@ def test_own_container_id_comes_from_our_own_mounts_only(client):
     """In a container, /etc/hostname is mounted from /var/lib/docker/containers/<id>/. On the host,
     mountinfo shows such lines too, for a moment, while dockerd sets up another container (mount
     point under its overlay directory): those must not make us think we run in that container."""
-    from pytest_buildenv.hostpaths import container_id_in
+    from pytest_buildenv.engine.hostpaths import container_id_in
 
     container = client.containers.run("buildenv-test/busybox:1", ["cat", "/proc/self/mountinfo"], detach=True)
     try:

@@ -56,10 +56,10 @@ def test_env_var_then_ini_then_default(project, monkeypatch):
 
 
 def test_auto_enables_what_this_machine_has(project):
-    from pytest_buildenv.backends import available
-    from pytest_buildenv.config import KINDS
+    from pytest_buildenv.registry import Registry
 
-    expected = [kind for kind in KINDS if kind == "local" or available(kind)]
+    registry = Registry()
+    expected = [kind for kind in registry if kind == "local" or registry.available(kind)]
     assert expected[:3] == ["local", "container", "dind"]  # this suite's machines have Docker
     project.makepyfile("""
         import pytest

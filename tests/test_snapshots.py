@@ -12,7 +12,7 @@ import pytest
 
 from pytest_buildenv import ImageBuildError
 from pytest_buildenv.events import read as read_events
-from pytest_buildenv.images import ImageBuilder
+from pytest_buildenv.engine.images import ImageBuilder
 from pytest_buildenv.naming import LABEL_CACHE, Owner, new_session_id
 
 pytestmark = pytest.mark.usefixtures("one_session_at_a_time")

@@ -17,9 +17,10 @@ import sys
 import docker
 import pytest
 
-from pytest_buildenv.backends.container import ContainerEnv, InvokingUser, wait_for_removals
+from pytest_buildenv.engine.containers import InvokingUser, wait_for_removals
+from pytest_buildenv.kinds.container import ContainerEnv
 from pytest_buildenv.naming import LABEL_KIND, LABEL_SESSION, Owner, new_session_id
-from pytest_buildenv.netns import HOLDERS_PER_NETWORK, SharedNetworks
+from pytest_buildenv.engine.netns import HOLDERS_PER_NETWORK, SharedNetworks
 
 pytestmark = pytest.mark.usefixtures("one_session_at_a_time")
 BUSYBOX = "buildenv-test/busybox:1"
@@ -154,7 +155,7 @@ def test_holders_are_labelled_lent_round_robin_and_only_to_one_open_builder(netw
     for i in range(3):
         (tmp_path / str(i)).mkdir()
         envs.append(ContainerEnv(client, BUSYBOX, tmp_path / str(i), owner,
-                                 network=shared.mode_for_new_builder(None, BUSYBOX)))
+                                 network=shared.mode_for_new_builder(None, BUSYBOX)).start())
     first, second, third = envs
     assert first.network != second.network and third.network == first.network
     holder = client.containers.get(first.network.split(":", 1)[1])

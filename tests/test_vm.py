@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_buildenv import CommandTimeout, VMError
-from pytest_buildenv.backends.vm import GoldenVM
+from pytest_buildenv.kinds.vm import GoldenVM
 
 DATA = Path(__file__).parent / "data" / "vm"
 HELLO = Path(__file__).parent.parent / "examples" / "hello"

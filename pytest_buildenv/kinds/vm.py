@@ -10,6 +10,11 @@ without provisioning; libvirt gives it a qcow2 overlay on the golden volume
 Commands run over SSH with one reused connection per clone (ControlMaster);
 files move by scp. Vagrant is driven by python-vagrant (the `vm` extra), which
 runs the vagrant CLI with argument lists.
+
+`Goldens` is the kind's session-wide manager: a golden VM per Vagrantfile,
+provisioned at most once per content, and a clone per test. With
+`reset="snapshot"` a process keeps its clone between tests and restores it to
+its boot snapshot instead of making a new one.
 """
 
 from __future__ import annotations
@@ -23,14 +28,31 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
+from collections.abc import Iterator, Mapping
 
-from ..errors import ConfigError, VMError, tail
+from ..errors import BuildCommandError, ConfigError, VMError, tail
 from ..events import emit
-from ..naming import Owner
+from ..handle import BuildEnv
+from ..naming import LABEL_SESSION, Owner
+from ..registry import Check, KindSpec, Services, SessionEnd, TestInfo
 from ..result import FileInfo
-from .base import BuildEnv
+from ..settings import CommonSettings
+import contextlib
+
+if TYPE_CHECKING:
+    from ..reaper import Labelled
+
+
+@dataclass(frozen=True)
+class VMSettings(CommonSettings):
+    vagrantfile: Optional[Path] = None  # the golden VM's Vagrantfile (its directory holds the provisioners)
+    provider: str = "libvirt"
+    boot_timeout: float = 600
+    reset: Literal["destroy", "snapshot"] = "destroy"  # snapshot: one clone per process, restored between tests
 
 WORKDIR = PurePosixPath("/home/vagrant/work")
 DESCRIPTION_MARK = "pytest-buildenv "  # libvirt domain descriptions start with it, then JSON labels
@@ -84,10 +106,8 @@ def content_hash(vagrantfile: Path, base_box: str) -> str:
     return digest.hexdigest()
 
 
-def installed_boxes(env: Optional[Mapping[str, str]] = None) -> set[str]:
-    out = subprocess.run(["vagrant", "box", "list", "--machine-readable"], capture_output=True, text=True,
-                         env={**os.environ, **(env or {})}).stdout
-    return {line.split(",")[3] for line in out.splitlines() if ",box-name," in line}
+def installed_boxes(state_dir: Path) -> set[str]:
+    return {box.name for box in _vagrant(state_dir, state_dir / "box-list.log").box_list()}
 
 
 # virt-sysprep and virt-sparsify (libguestfs) boot an appliance VM of their own, which
@@ -129,16 +149,17 @@ class GoldenVM:
         from ..naming import new_session_id
 
         owner = self.owner or Owner(new_session_id())
-        return VMClone(self.box, workspace, self.state_dir, owner, test=test, **options)
+        return VMClone(self.box, workspace, self.state_dir, owner, test=test, **options).start()
 
     def ensure(self) -> str:
         """The golden box's name, provisioning it first if no session ever did (one at a time per host)."""
         from filelock import FileLock
 
-        if self.base_box not in installed_boxes():
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.base_box not in installed_boxes(self.state_dir):
             raise VMError(f"base box {self.base_box!r} is not installed; vagrant box add {self.base_box} <file or URL>")
         with FileLock(str(Path(tempfile.gettempdir()) / f"pytest-buildenv-golden-{self.hash[:16]}.lock")):
-            if self.box not in installed_boxes():
+            if self.box not in installed_boxes(self.state_dir):
                 self._provision()
                 self.provisioned_now = True
         return self.box
@@ -172,10 +193,8 @@ class GoldenVM:
                 raise _fail(f"packaging the golden VM into {self.box}", log) from None
             self.progress(f"golden box {self.box} ready in {time.monotonic() - started:.0f} s")
         finally:
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):
                 machine.destroy()
-            except subprocess.CalledProcessError:
-                pass
             shutil.rmtree(work, ignore_errors=True)
 
 
@@ -201,24 +220,35 @@ class VMClone(BuildEnv):
         self._closed = False
         self.reusable = False  # set by a session that resets this clone by snapshot between tests
         self._control: Optional[Path] = None
-        emit("created", "vm", self.domain, owner.session)
+        self.started = False
+
+    def start(self) -> VMClone:
+        """Boot the clone (without provisioning) and open its SSH connection; idempotent."""
+        if self.started:
+            return self
+        self.started = True
+        emit("created", "vm", self.domain, self.owner.session)
         try:
             self._machine.up(no_provision=True, provider="libvirt")
         except subprocess.CalledProcessError:
             console = tail(self.logs()) if self.console_log.exists() else "(no console output)"
-            error = _fail(f"booting clone {self.name} of {box}", self._log,
-                          f"the console said:\n{console}")
+            error = _fail(f"booting clone {self.name} of {self.box}", self._log, f"the console said:\n{console}")
             self.close()
             raise error from None
         self.ssh_config = self.dir / "ssh.cfg"
         self.ssh_config.write_text(self._machine.ssh_config())
         # Unix socket paths are short (108 bytes) and ssh appends a suffix while creating one.
         self._control = Path(tempfile.gettempdir()) / f"be-{hashlib.sha1(self.name.encode()).hexdigest()[:16]}"
-        first = self.run(["mkdir", "-p", str(WORKDIR)], cwd="/")
-        if not first.ok:
+        try:
+            self.run(["mkdir", "-p", str(WORKDIR)], cwd="/", check=True)
+        except (VMError, BuildCommandError) as exc:
             self.close()
-            raise VMError(f"SSH into clone {self.name} failed (exit {first.exit_code}: {first.stderr.strip()[-200:]}); "
-                          f"the console said:\n{tail(self.logs())}")
+            raise VMError(f"SSH into clone {self.name} failed ({str(exc).splitlines()[0]}); "
+                          f"the console said:\n{tail(self.logs())}") from None
+        return self
+
+    def __enter__(self) -> VMClone:
+        return self.start()
 
     def _write_vagrantfile(self, labels: dict[str, str], boot_timeout: float) -> None:
         description = DESCRIPTION_MARK + json.dumps(labels, sort_keys=True)
@@ -246,7 +276,7 @@ end
     def reconnect(self) -> None:
         """Drop the shared SSH connection (after the VM was reset under it); the next command opens a new one."""
         if self._control is not None and self._control.exists():
-            subprocess.run(self._ssh()[:-1] + ["-O", "exit", "default"], capture_output=True, timeout=30)
+            subprocess.run([*self._ssh()[:-1], "-O", "exit", "default"], capture_output=True, timeout=30)
 
     def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
                  timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
@@ -263,6 +293,9 @@ end
         remote = f"cd {shlex.quote(str(cwd))} && {command}; exit $?"
         started = time.monotonic()
         proc = subprocess.run(self._ssh(remote), capture_output=True)
+        if proc.returncode == 255:  # ssh's own failure: the command's status never came back
+            raise VMError(f"SSH to clone {self.name} failed ({_text(proc.stderr).strip()[-200:] or 'no message'}); "
+                          f"is the VM up? its console log is {self.console_log}")
         # timeout(1) exits 124, or 137 when KILL reaches it too; a command may exit so itself, hence the clock
         timed_out = (timeout is not None and proc.returncode in (124, 137)
                      and time.monotonic() - started >= timeout)
@@ -328,10 +361,10 @@ end
                                   text=True).stdout
 
     def close(self) -> None:
-        if self._closed:
+        if self._closed or not self.started:
             return
         self._closed = True
-        if getattr(self, "_control", None) is not None:
+        if self._control is not None:
             self.reconnect()
         try:
             self._machine.destroy()
@@ -364,3 +397,93 @@ def destroy_domain(name: str, uri: str = "qemu:///system") -> None:
     """What `vagrant destroy` does to libvirt: stop the domain, undefine it, delete its overlay."""
     subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
     subprocess.run(["virsh", "-c", uri, "undefine", name, "--remove-all-storage"], capture_output=True)
+
+
+def leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:
+    """libvirt domains whose description carries our labels (clones of golden VMs)."""
+    from ..reaper import Labelled
+
+    for name, labels in labelled_domains():
+        if session is None or labels.get(LABEL_SESSION) == session:
+            yield Labelled("vm", name, name, labels, partial(destroy_domain, name))
+
+
+# --- the session-wide manager ------------------------------------------------------------
+class Goldens:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._goldens: dict[tuple[str, str], GoldenVM] = {}
+        self._idle: dict[str, VMClone] = {}  # reset="snapshot": this process's clone between tests, by box
+
+    def golden_for(self, settings: VMSettings) -> GoldenVM:
+        """The golden VM for these settings, provisioned at most once per content (across sessions too)."""
+        if settings.vagrantfile is None:
+            raise ConfigError("no Vagrantfile for the vm kind; pass @pytest.mark.vm(vagrantfile=...), "
+                              "vm: vagrantfile: in buildenv.yaml, or --vagrantfile")
+        key = (str(settings.vagrantfile), settings.provider)
+        if key not in self._goldens:  # hashing the Vagrantfile's directory once per session is enough
+            shared = self.services.shared
+            golden = GoldenVM(settings.vagrantfile, shared.directory, provider=settings.provider,
+                              progress=self.services.progress)
+            record = shared.get_or_create(f"golden-{golden.hash[:16]}", lambda: {
+                "type": "golden", "box": golden.ensure(), "provisioned": golden.provisioned_now})
+            golden.provisioned_now = bool(record["provisioned"] and record["created_here"])
+            golden.owner = self.services.owner
+            self._goldens[key] = golden
+        return self._goldens[key]
+
+    def open(self, settings: VMSettings, workspace: Path, test: TestInfo) -> VMClone:
+        golden = self.golden_for(settings)
+        if settings.reset == "snapshot" and golden.box in self._idle:
+            clone = self._idle.pop(golden.box)
+            clone.reset(workspace)
+            return clone
+        clone = VMClone(golden.box, workspace, self.services.shared.directory, self.services.owner,
+                        test=test.nodeid, environment=settings.environment, timeout=settings.timeout,
+                        boot_timeout=settings.boot_timeout).start()
+        if settings.reset == "snapshot":
+            clone.save_boot_snapshot()
+            clone.reusable = True
+        return clone
+
+    def close(self, env: BuildEnv) -> None:
+        """Destroy a clone, or keep a reusable one for this process's next test."""
+        if isinstance(env, VMClone) and env.reusable:
+            self._idle[env.box] = env
+        else:
+            env.close()
+
+    def describe_kept(self, env: BuildEnv) -> str:
+        assert isinstance(env, VMClone)
+        return f"vm {env.domain}: cd {env.dir} && vagrant ssh"
+
+    def finish(self, end: SessionEnd) -> None:
+        while self._idle:
+            self._idle.popitem()[1].close()
+
+
+def check(defaults: Mapping[str, Any]) -> Check:
+    """vagrant, a provider plugin, a reachable libvirt, and python-vagrant."""
+    kvm = ("/dev/kvm accessible" if os.access("/dev/kvm", os.R_OK | os.W_OK)
+           else "/dev/kvm not accessible (QEMU runs under TCG)")
+    if shutil.which("vagrant") is None:
+        return Check(False, "`vagrant` not found on PATH", "apt-get install vagrant vagrant-libvirt "
+                     "libvirt-daemon-system qemu-system-x86 (or install Vagrant and a provider)")
+    version = subprocess.run(["vagrant", "--version"], capture_output=True, text=True).stdout.strip()
+    plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True).stdout
+    if "vagrant-libvirt" not in plugins:
+        return Check(False, "no Vagrant provider: vagrant-libvirt is not installed",
+                     "apt-get install vagrant-libvirt (or vagrant plugin install vagrant-libvirt)")
+    probe = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
+        return Check(False, f"libvirt unreachable at qemu:///system ({reason})",
+                     "start libvirtd (and virtlogd), and be root or in the libvirt group")
+    try:
+        import vagrant  # noqa: F401
+    except ImportError:
+        return Check(False, "python-vagrant is missing", "pip install 'pytest-buildenv[vm]'")
+    return Check(True, f"{version}; vagrant-libvirt; libvirt qemu:///system reachable; {kvm}")
+
+
+KIND = KindSpec(settings=VMSettings, manager=Goldens, check=check, leftovers=leftovers)

@@ -14,10 +14,11 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
-from typing import ClassVar, Mapping, Optional, Sequence, Union
+from typing import ClassVar, Optional, Union
+from collections.abc import Mapping, Sequence
 
-from ..errors import BuildEnvError, CommandTimeout, ConfigError
-from ..result import Artifact, FileInfo, Result, Transcript
+from .errors import BuildEnvError, CommandTimeout, ConfigError
+from .result import Artifact, FileInfo, Result, Transcript
 
 Command = Union[str, Sequence[str]]
 
@@ -161,7 +162,7 @@ class BuildEnv(ABC):
         raise BuildEnvError(f"{self.kind}: cannot copy {source} from outside the workspace")
 
     # --- lifetime --------------------------------------------------------
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a kind with nothing to tear down inherits this)
         """Tear the environment down. Idempotent; the workspace itself stays for pytest to clean."""
 
     def __enter__(self) -> BuildEnv:

@@ -12,9 +12,10 @@ import itertools
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Hashable, Optional
+from typing import Callable, Optional
+from collections.abc import Hashable
 
-from .backends.base import BuildEnv
+from ..handle import BuildEnv
 
 Factory = Callable[[Path], BuildEnv]
 

@@ -15,17 +15,18 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import IO, TYPE_CHECKING, Callable, Optional, cast
+from collections.abc import Iterable
 
-from .engine import daemon_errors
-from .events import emit
-from .errors import ConfigError, ImageBuildError, tail
-from .naming import LABEL_CACHE, Owner, slug
+from . import daemon_errors
+from ..events import emit
+from ..errors import ConfigError, ImageBuildError, tail
+from ..naming import LABEL_CACHE, Owner, slug
 
 if TYPE_CHECKING:
     import docker
 
-    from .sharing import SharedState
+    from ..sharing import SharedState
 
 # The Dockerfile travels in the context under this name, wherever it lives on disk.
 INJECTED_DOCKERFILE = ".buildenv.Dockerfile"
@@ -42,7 +43,8 @@ class BuildSpec:
 
     def validate(self) -> None:
         if not self.dockerfile.is_file():
-            raise ConfigError(f"Dockerfile {self.dockerfile} not found; fix dockerfile= (relative paths start at the test file's directory)")
+            raise ConfigError(f"Dockerfile {self.dockerfile} not found; "
+                              "fix dockerfile= (relative paths start at the test file's directory)")
         if not self.context.is_dir():
             raise ConfigError(f"build context {self.context} is not a directory; fix context=")
 
@@ -145,17 +147,16 @@ class ImageBuilder:
     def _provision(self, base: str, commands: tuple[str, ...], user: str, tag: str, key: str) -> None:
         import time as clock
 
-        from .backends.container import remove_container
+        from .containers import remove_container, start_idle_container
 
         self.progress(f"provisioning snapshot {tag} from {base} ({len(commands)} steps)")
         started = clock.monotonic()
         api = self.client.api
-        with daemon_errors(f"provisioning a snapshot of {base}"):
-            container = api.create_container(base, entrypoint=["sleep"], command=["infinity"], user=user,
-                                             labels=self.owner.labels("provision"),
-                                             host_config=api.create_host_config(init=True))["Id"]
-            try:
-                api.start(container)
+        container = start_idle_container(self.client, base, name=self.owner.name("provision"), user=user,
+                                         labels=self.owner.labels("provision"), role="provisioning container",
+                                         setuid=True)
+        try:
+            with daemon_errors(f"provisioning a snapshot of {base}"):
                 for step in commands:
                     exec_id = api.exec_create(container, ["sh", "-c", step], user=user)["Id"]
                     output = api.exec_start(exec_id).decode("utf-8", errors="replace")
@@ -168,8 +169,8 @@ class ImageBuilder:
                 labels = {**self.owner.labels("image"), LABEL_CACHE: key}
                 changes = [f'LABEL "{name}"="{value}"' for name, value in labels.items()]
                 api.commit(container, repository=tag.split(":")[0], tag=tag.split(":")[1], changes=changes)
-            finally:
-                remove_container(self.client, container)
+        finally:
+            remove_container(self.client, container)
         emit("created", "image", tag, self.owner.session, snapshot=True)
         self.progress(f"snapshot {tag} ready in {clock.monotonic() - started:.1f} s")
 
@@ -191,8 +192,9 @@ class ImageBuilder:
 
         tag = f"buildenv/{slug(spec.dockerfile.name, 40)}:{self.owner.session}-{key[:12]}"
         self.progress(f"building {tag} from {spec.dockerfile}" + (f" (target {spec.target})" if spec.target else ""))
-        context = create_archive(str(spec.context), files=files,
-                                 extra_files=[(INJECTED_DOCKERFILE, spec.dockerfile.read_text())])
+        # docker's stubs call the archive a _Fileobj; it is a temporary file of bytes.
+        context = cast(IO[bytes], create_archive(str(spec.context), files=files,
+                                                 extra_files=[(INJECTED_DOCKERFILE, spec.dockerfile.read_text())]))
         log: list[str] = []
         with daemon_errors(f"building {spec.dockerfile}"), context:
             stream = self.client.api.build(

@@ -8,26 +8,52 @@ kind labels its node containers with io.x-k8s.kind.cluster=<name> but takes no
 labels of ours, so each cluster we create is shadowed by a tiny labelled Docker
 volume naming it: the reaper finds the volume, and removes the cluster's node
 containers with it.
+
+`Clusters` is the kind's session-wide manager: one cluster per distinct
+settings, shared by every xdist worker. The first process that asks creates it
+(under sharing.py's lock) and records it; the others attach to the record. Only
+the session owner deletes them, at the very end, after exporting their logs if
+the run failed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import re
+import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
+from collections.abc import Iterator, Mapping, Sequence
 
 from ..errors import ClusterError, ConfigError, tail
 from ..events import emit
-from ..naming import LABEL_CLUSTER, Owner
+from ..handle import BuildEnv
+from ..naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_SESSION, Owner
+from ..registry import Check, KindSpec, Services, SessionEnd, TestInfo
 from ..result import Result
+from ..settings import CommonSettings
 from .local import LocalEnv
 
 if TYPE_CHECKING:
     import docker
+
+    from ..reaper import Labelled
+
+
+@dataclass(frozen=True)
+class KindSettings(CommonSettings):
+    image: Optional[str] = None  # node image (kind create cluster --image)
+    config: Union[Path, dict[str, Any], None] = None  # a kind Cluster config: file or mapping
+    wait: str = "120s"
+    cluster: Optional[str] = None  # reuse this existing cluster; it is then never deleted
+    kind_bin: str = "kind"  # the kind executable (--kind-bin)
 
 NAME_RE = re.compile(r"^[a-z0-9.-]+$")
 NAME_MAX = 50  # kind appends "-control-plane" to make a hostname (max 64)
@@ -56,7 +82,8 @@ def validate_config(config: Union[Path, Mapping[str, Any], None]) -> Optional[di
             raise ConfigError(f"KIND config {config} is not valid YAML ({str(exc).splitlines()[0]}); fix the file") from exc
     else:
         data = dict(config)
-    if not isinstance(data, dict) or data.get("kind") != "Cluster" or not str(data.get("apiVersion", "")).startswith("kind.x-k8s.io/"):
+    api_version = str(data.get("apiVersion", "")) if isinstance(data, dict) else ""
+    if not isinstance(data, dict) or data.get("kind") != "Cluster" or not api_version.startswith("kind.x-k8s.io/"):
         raise ConfigError("KIND config must be a mapping with kind: Cluster and apiVersion: kind.x-k8s.io/v1alpha4")
     return data
 
@@ -297,11 +324,11 @@ def _pods_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
 def _nodes_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
     from kubernetes import client as k8s
 
-    items = [n for n in k8s.CoreV1Api(api).list_node().items if name is None or n.metadata.name == name]  # type: ignore[union-attr]
+    items = [n for n in k8s.CoreV1Api(api).list_node().items if name is None or n.metadata.name == name]
     if not items:
         return ["no nodes yet"]
-    return [f"node/{n.metadata.name}" for n in items  # type: ignore[union-attr]
-            if not any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])]  # type: ignore[union-attr]
+    return [f"node/{n.metadata.name}" for n in items
+            if not any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])]
 
 
 def _free_port() -> int:
@@ -326,3 +353,122 @@ class KindEnv(LocalEnv):
         super().__init__(workspace, environment={**(environment or {}), "KUBECONFIG": str(cluster.kubeconfig)},
                          timeout=timeout)
         self.cluster = cluster
+
+
+# --- the session-wide manager ------------------------------------------------------------
+class Clusters:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._clusters: dict[str, KindCluster] = {}
+
+    @property
+    def client(self) -> docker.DockerClient:
+        from ..engine import connect
+
+        return self.services.memo("engine.client", connect)
+
+    def open(self, settings: KindSettings, workspace: Path, test: TestInfo) -> KindEnv:
+        return KindEnv(workspace, self.cluster_for(settings), environment=settings.environment,
+                       timeout=settings.timeout)
+
+    def cluster_for(self, settings: KindSettings) -> KindCluster:
+        """The session's cluster for these settings: created by the first process that asks."""
+        key = hashlib.sha256(json.dumps([settings.image, settings.config, settings.wait, settings.cluster],
+                                        default=str).encode()).hexdigest()[:8]
+        if key not in self._clusters:
+            def create() -> dict[str, Any]:
+                name = settings.cluster or f"buildenv-{self.services.owner.session}-{key[:6]}"
+                self.services.progress(f"reusing KIND cluster {name}" if settings.cluster
+                                       else f"creating KIND cluster {name}")
+                self._handle(name, bool(settings.cluster), settings.kind_bin, settings).create()
+                return {"type": "kind", "name": name, "reuse": bool(settings.cluster), "kind_bin": settings.kind_bin}
+
+            record = self.services.shared.get_or_create(f"kind-{key}", create)
+            self._clusters[key] = self._handle(record["name"], record["reuse"], record["kind_bin"])
+        return self._clusters[key]
+
+    def close(self, env: BuildEnv) -> None:
+        env.close()
+
+    def describe_kept(self, env: BuildEnv) -> str:
+        return f"kind workspace {env.workspace}"
+
+    def finish(self, end: SessionEnd) -> None:
+        """Session owner: export logs (if the run failed), then delete each cluster we made (or keep it)."""
+        if not end.session_owner:
+            return
+        for record in self.services.shared.records().values():
+            if record.get("type") != "kind":
+                continue
+            cluster = self._handle(record["name"], record["reuse"], record["kind_bin"])
+            if end.failed and end.artifacts is not None:
+                cluster.export_logs(end.artifacts / f"kind-{cluster.name}")
+            if self.services.owner.keep:
+                end.kept.append(f"kind cluster {cluster.name}: KUBECONFIG={cluster.kubeconfig} "
+                                f"(kind delete cluster --name {cluster.name})")
+            elif not record["reuse"]:
+                cluster.delete()
+
+    def _handle(self, name: str, reuse: bool, kind_bin: str, settings: Optional[KindSettings] = None) -> KindCluster:
+        """A handle on a session cluster; `settings` only matter to the process that creates it."""
+        options: dict[str, Any] = {}
+        if settings is not None:
+            options = {"image": settings.image, "config": settings.config, "wait": settings.wait}
+        # Clusters belong to the process that outlives every worker.
+        return KindCluster(name, self.services.shared.directory, kind_bin=kind_bin, reuse=reuse,
+                           owner=self.services.session_owner, client=self.client, **options)
+
+
+def check(defaults: Mapping[str, Any]) -> Check:
+    """kind on PATH and the engine it drives; kubectl and helm are reported, not required."""
+    from ..engine import probe
+
+    kind_bin = str(defaults.get("kind_bin") or "kind")
+    tools = {name: _version(argv) for name, argv in (("kind", [kind_bin, "version"]),
+                                                      ("kubectl", ["kubectl", "version", "--client"]),
+                                                      ("helm", ["helm", "version", "--short"]))}
+    found = "; ".join(f"{name}: {v or 'not on PATH'}" for name, v in tools.items())
+    if tools["kind"] is None:
+        return Check(False, f"`{kind_bin}` executable not found on PATH ({found})",
+                     "install kind (a release binary from kind.sigs.k8s.io) on PATH, or pass --kind-bin")
+    engine = probe()
+    if not engine.ok:
+        return Check(False, f"{found}; {engine.detail}", engine.fix)
+    uses = {"kubectl": ".kubectl() and .port_forward()", "helm": ".helm_install()"}
+    missing = [f"{name} missing: {uses[name]} will fail" for name in uses if tools[name] is None]
+    return Check(True, found + (f" ({'; '.join(missing)})" if missing else ""))
+
+
+def _version(argv: list[str]) -> Optional[str]:
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:
+    """Clusters we created, by the labelled volume that shadows each; removing one removes its nodes."""
+    from ..engine import connect
+    from ..engine.resources import quietly
+    from ..reaper import Labelled
+
+    api = services.memo("engine.client", connect).api
+    labels = [f"{LABEL_SESSION}={session}" if session else ANY_OWNED["label"][0], LABEL_CLUSTER]
+    for volume in api.volumes(filters={"label": labels}).get("Volumes") or []:
+        cluster = volume["Labels"][LABEL_CLUSTER]
+        yield Labelled("cluster", volume["Name"], cluster, volume["Labels"],
+                       quietly(partial(_remove_cluster, api, cluster, volume["Name"])))
+
+
+def _remove_cluster(api: Any, cluster: str, shadow_volume: str) -> None:
+    """What `kind delete cluster` does to the engine: remove the nodes; then the shadow."""
+    for node in api.containers(all=True, filters={"label": [f"{KIND_CLUSTER_LABEL}={cluster}"]}):
+        api.remove_container(node["Id"], force=True, v=True)
+    api.remove_volume(shadow_volume, force=True)
+
+
+KIND = KindSpec(settings=KindSettings, manager=Clusters, check=check, leftovers=leftovers)

@@ -1,16 +1,29 @@
-"""`local`: a fresh workspace on the host; commands run there with subprocess."""
+"""`local`: a fresh workspace on the host; commands run there with subprocess.
+
+The smallest kind, and the model for a new one: settings, the handle, a
+manager, a tooling check, and the KIND entry the registry imports.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Mapping, Optional
+from typing import Any, Optional
+from collections.abc import Mapping
 
 from ..errors import ConfigError
+from ..handle import BuildEnv, copy_host, stat_host
+from ..registry import Check, KindSpec, Services, SessionEnd, TestInfo
 from ..result import FileInfo
-from .base import BuildEnv, copy_host, stat_host
+from ..settings import CommonSettings
+
+
+@dataclass(frozen=True)
+class LocalSettings(CommonSettings):
+    pass
 
 
 class LocalEnv(BuildEnv):
@@ -65,3 +78,29 @@ class LocalEnv(BuildEnv):
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
+
+
+class LocalManager:
+    """Nothing is shared across a session's local environments."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def open(self, settings: LocalSettings, workspace: Path, test: TestInfo) -> LocalEnv:
+        return LocalEnv(workspace, environment=settings.environment, timeout=settings.timeout)
+
+    def close(self, env: BuildEnv) -> None:
+        env.close()
+
+    def describe_kept(self, env: BuildEnv) -> str:
+        return f"local workspace {env.workspace}"
+
+    def finish(self, end: SessionEnd) -> None:
+        pass
+
+
+def check(defaults: Any) -> Check:
+    return Check(True, "host workspace; commands run with sh and subprocess")
+
+
+KIND = KindSpec(settings=LocalSettings, manager=LocalManager, check=check)

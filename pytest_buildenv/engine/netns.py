@@ -24,14 +24,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
-from .events import emit
-from .naming import Owner
+from ..events import emit
+from ..naming import Owner
 
 if TYPE_CHECKING:
     import docker
 
-    from .backends.base import BuildEnv
-    from .backends.container import ContainerEnv, InvokingUser
+    from ..handle import BuildEnv
+    from ..kinds.container import ContainerEnv
+    from .containers import InvokingUser
 
 CONTAINER_MODE = "container:"
 # Two holders per network: a test's builder never waits for the one the test
@@ -153,7 +154,7 @@ class SharedNetworks:
 
     def close(self) -> None:
         """Schedule every holder's removal; `wait_for_removals()` joins it with its builders'."""
-        from .backends.container import schedule_removal
+        from .containers import schedule_removal
 
         with self._lock:
             holders = list(self._by_mode.values())  # gone ones too: a stopped holder still exists
@@ -163,7 +164,7 @@ class SharedNetworks:
             schedule_removal(self.client, holder.id)
 
     def _start_holder(self, network: Optional[str], image: str) -> Holder:
-        from .backends.container import start_idle_container
+        from .containers import start_idle_container
 
         name = self.owner.name("netns")
         holder_id = start_idle_container(self.client, image, name=name, user=self.user.user_spec,

@@ -1,0 +1,82 @@
+"""The container engine (Docker, or anything speaking its API), reached through the docker SDK.
+
+This package holds what every kind on the engine shares: the client and its
+errors (here), containers' start and removal (containers.py), images
+(images.py), shared network namespaces (netns.py), pre-started builders
+(spares.py), host-path translation for runner containers (hostpaths.py), and
+finding labelled resources for the reaper (resources.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING
+from collections.abc import Iterator
+
+from ..errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    import docker
+
+    from ..registry import Check
+
+
+def describe_unreachable(exc: BaseException) -> tuple[str, str]:
+    """(cause, remedy): where we looked for the daemon, why it failed, what fixes it."""
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    text = str(exc)
+    if "Permission denied" in text or "PermissionError" in text:
+        remedy = "add your user to the socket's group (usermod -aG docker $USER) and log in again"
+    elif os.environ.get("DOCKER_HOST"):
+        remedy = "fix or unset DOCKER_HOST, or start the daemon it names"
+    else:
+        remedy = "start it (systemctl start docker, or dockerd &) or set DOCKER_HOST"
+    reason = text.splitlines()[0][:160] if text else type(exc).__name__
+    return f"Docker daemon unreachable at {where} ({reason})", remedy
+
+
+def connect(timeout: int = 60) -> docker.DockerClient:
+    """A client that has answered a ping, or BackendUnavailable saying why not."""
+    import docker  # lazy: importing the plugin must not import docker
+
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except Exception as exc:  # DockerException, requests' ConnectionError, ...
+        cause, remedy = describe_unreachable(exc)
+        raise BackendUnavailable(f"{cause}; {remedy}") from exc
+    return client
+
+
+def probe(timeout: int = 10) -> Check:
+    """Whether the engine answers, and what it is: for doctor and explicit selection."""
+    import docker
+
+    from ..registry import Check
+
+    try:
+        client = docker.from_env(timeout=timeout)
+        version = client.version()
+    except Exception as exc:
+        return Check(False, *describe_unreachable(exc))
+    client.close()
+    return Check(True, f"Docker engine {version.get('Version')} (API {version.get('ApiVersion')}) reachable")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    import requests
+
+    return isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError))
+
+
+@contextlib.contextmanager
+def daemon_errors(action: str) -> Iterator[None]:
+    """Turn 'the daemon went away' mid-operation into one BackendUnavailable line."""
+    try:
+        yield
+    except Exception as exc:
+        if is_connection_error(exc):
+            cause, remedy = describe_unreachable(exc)
+            raise BackendUnavailable(f"while {action}: {cause}; {remedy}") from exc
+        raise

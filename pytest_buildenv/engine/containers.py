@@ -1,0 +1,121 @@
+"""Containers on the engine, as every kind that makes them needs them: who they run as,
+what they mount, a start under the security defaults, and removal off the critical path."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Iterable
+
+from ..errors import BackendUnavailable
+from . import daemon_errors
+
+if TYPE_CHECKING:
+    import docker
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # as the Docker daemon sees it (host path)
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class InvokingUser:
+    """Whom the builder runs as: the user running pytest, groups and all."""
+
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    groups: tuple[int, ...] = field(default_factory=lambda: tuple(sorted(set(os.getgroups()))))
+
+    @property
+    def user_spec(self) -> str:
+        return f"{self.uid}:{self.gid}"
+
+    def extra_groups(self, also: Iterable[int] = ()) -> list[str]:
+        return [str(g) for g in sorted({*self.groups, *also}) if g != self.gid]
+
+
+# Removing a container costs about as much as starting one; nobody needs to wait
+# for it but the end of the session. Executor threads are joined at interpreter
+# exit, and the session sweep removes anything labelled that is still there.
+_executor: Optional[ThreadPoolExecutor] = None
+_pending: list[Future[None]] = []
+
+
+def _removals() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="buildenv-remove")
+    return _executor
+
+
+def schedule_removal(client: docker.DockerClient, container_id: str) -> Future[None]:
+    """Remove a container in the background; `wait_for_removals()` joins it."""
+    removal = _removals().submit(remove_container, client, container_id)
+    _pending.append(removal)
+    return removal
+
+
+def wait_for_removals() -> list[BaseException]:
+    """Block until every scheduled removal is done; return the errors they raised."""
+    errors = []
+    while _pending:
+        error = _pending.pop().exception()
+        if error is not None:
+            errors.append(error)
+    return errors
+
+
+def start_idle_container(client: docker.DockerClient, image: str, *, name: str, user: str, labels: dict[str, str],
+                         role: str, network: Optional[str] = None, mounts: Iterable[Mount] = (),
+                         group_add: Iterable[str] = (), setuid: bool = False, **create: Any) -> str:
+    """Create and start a container idling on `sleep infinity`, under our security defaults:
+    never privileged, no-new-privileges, and an init that reaps what timed-out commands leave
+    (so `ps` in a test stays truthful). `role` names it in errors; `create` goes to create_container.
+
+    `setuid=True` is the one exception, for provisioning a snapshot: its steps install packages,
+    and package tools may switch users through setuid helpers (su, sudo), which no-new-privileges stops."""
+    import docker
+
+    api = client.api
+    host_config = api.create_host_config(
+        mounts=[docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only) for m in mounts],
+        group_add=list(group_add),
+        network_mode=network,
+        security_opt=[] if setuid else ["no-new-privileges"],
+        privileged=False,
+        init=True,
+    )
+    with daemon_errors(f"starting a {role} from {image}"):
+        created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name, user=user,
+                                       labels=labels, host_config=host_config, detach=True, **create)
+        try:
+            api.start(created["Id"])
+        except docker.errors.APIError as exc:
+            api.remove_container(created["Id"], force=True, v=True)
+            raise BackendUnavailable(
+                f"{role} from {image} would not start ({_first_line(exc)}); "
+                "a builder image needs `sleep` and `sh` (busybox or coreutils)") from exc
+    return str(created["Id"])
+
+
+def remove_container(client: docker.DockerClient, container_id: str) -> None:
+    """Kill and remove, anonymous volumes too; already gone is fine."""
+    import docker
+
+    try:
+        client.api.remove_container(container_id, force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if "already in progress" not in str(exc):
+            raise
+
+
+def _first_line(exc: Any) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return str(text).splitlines()[0][:200]

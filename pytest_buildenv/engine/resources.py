@@ -1,0 +1,52 @@
+"""Everything on the engine that carries our session label, for the reaper (containers first, so
+that images free up last). Volumes shadowing KIND clusters are the kind kind's to find."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Optional
+from collections.abc import Iterator
+
+from ..events import emit
+from ..naming import ANY_OWNED, LABEL_CLUSTER, session_filter
+
+if TYPE_CHECKING:
+    import docker
+
+    from ..reaper import Labelled
+
+
+def quietly(action: Callable[[], object]) -> Callable[[], None]:
+    """Run a removal; another reaper (a concurrent session) may be removing the same thing: gone is gone."""
+    import docker as sdk
+
+    def run() -> None:
+        try:
+            action()
+        except sdk.errors.NotFound:
+            pass
+        except sdk.errors.APIError as exc:
+            if exc.status_code != 409 and "in progress" not in str(exc):
+                raise
+            emit("reap-conflict", "resource", str(exc)[:300])
+    return run
+
+
+def labelled_resources(client: docker.DockerClient, session: Optional[str] = None) -> Iterator[Labelled]:
+    from ..reaper import Labelled
+
+    filters = session_filter(session) if session else ANY_OWNED
+    api = client.api
+    for c in api.containers(all=True, filters=filters):
+        yield Labelled("container", c["Id"], c["Names"][0].lstrip("/"), c["Labels"] or {},
+                       quietly(partial(api.remove_container, c["Id"], force=True, v=True)))
+    for n in api.networks(filters=filters):
+        yield Labelled("network", n["Id"], n["Name"], n.get("Labels") or {}, quietly(partial(api.remove_network, n["Id"])))
+    for v in api.volumes(filters=filters).get("Volumes") or []:
+        labels = v.get("Labels") or {}
+        if LABEL_CLUSTER not in labels:
+            yield Labelled("volume", v["Name"], v["Name"], labels,
+                           quietly(partial(api.remove_volume, v["Name"], force=True)))
+    for i in api.images(filters=filters):
+        name = (i.get("RepoTags") or [i["Id"]])[0]
+        yield Labelled("image", i["Id"], name, i.get("Labels") or {}, quietly(partial(api.remove_image, i["Id"], force=True)))

@@ -1,0 +1,1 @@
+"""One module per kind, each exposing KIND (a registry.KindSpec); registry.py lists them."""

@@ -1,0 +1,424 @@
+"""`container`: a builder container, workspace bind-mounted at /work, as the invoking user.
+
+The container idles (`sleep infinity`) and every command is a `docker exec`
+into it: one container per test, however many commands the test runs.
+Security defaults: never privileged, no-new-privileges, no Docker socket
+(only `dind` adds it), SSH agent and host networking only when asked for.
+
+`Builders` is the kind's session-wide manager (dind uses it too): images built
+once per session, spares pre-started while tests run, shared network namespaces.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import tarfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Iterable, Iterator, Mapping
+
+from ..engine import daemon_errors
+from ..engine.containers import InvokingUser, Mount, schedule_removal, start_idle_container
+from ..errors import BuildEnvError, ConfigError
+from ..events import emit
+from ..handle import BuildEnv
+from ..naming import Owner
+from ..registry import Check, KindSpec, Services, SessionEnd, TestInfo
+from ..result import FileInfo
+from ..settings import CommonSettings
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+    from ..engine.hostpaths import HostPaths
+    from ..engine.images import ImageBuilder
+    from ..engine.netns import SharedNetworks
+    from ..engine.spares import SparePool
+    from ..reaper import Labelled
+
+WORKDIR = PurePosixPath("/work")
+SSH_AGENT_TARGET = "/run/buildenv/ssh-agent.sock"
+
+# Finds every process of one exec by the marker in its environment (children
+# inherit it, even ones that started a session of their own) and kills it.
+# Needs only sh, tr and grep, which every builder image has.
+_KILL_MARKED = (
+    'for d in /proc/[0-9]*; do '
+    'if tr "\\0" "\\n" < "$d/environ" 2>/dev/null | grep -qx "BUILDENV_EXEC=$1"; '
+    'then kill -KILL "${d#/proc/}" 2>/dev/null; fi; done'
+)
+
+
+@dataclass(frozen=True)
+class ContainerSettings(CommonSettings):
+    image: Optional[str] = None
+    dockerfile: Optional[Path] = None
+    context: Optional[Path] = None
+    target: Optional[str] = None
+    build_args: dict[str, str] = field(default_factory=dict)
+    network: Optional[str] = None
+    ssh_agent: bool = False
+    provision: tuple[str, ...] = ()  # commands run once in a fresh builder, committed to a cached snapshot
+    provision_user: str = "root"
+
+
+HostPathFn = Callable[[Path], str]
+
+
+class ContainerEnv(BuildEnv):
+    """A builder container. Configure it, then `start()` it (or use it as a context manager)."""
+
+    kind = "container"
+
+    def __init__(self, client: docker.DockerClient, image: str, workspace: Path, owner: Owner, *,
+                 test: str = "", network: Optional[str] = None, ssh_agent: bool = False,
+                 environment: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
+                 mounts: Iterable[Mount] = (), group_add: Iterable[int] = (),
+                 user: Optional[InvokingUser] = None, to_host: HostPathFn = str) -> None:
+        super().__init__(workspace, WORKDIR, environment=environment, timeout=timeout)
+        self.client = client
+        self.image = image
+        self.network = network
+        self.owner = owner
+        self.user = user or InvokingUser()
+        self.test = test
+        self.ssh_agent = ssh_agent
+        self.name = owner.name(self.kind, test.rsplit("::", 1)[-1])
+        self.extra_mounts = list(mounts)
+        self.group_add = list(group_add)
+        self._to_host = to_host
+        self.id = ""  # set by start()
+        self._container: Optional[Container] = None
+        self._closed = False
+        self.removal: Optional[Future[None]] = None  # set by close()
+
+    def start(self) -> ContainerEnv:
+        """Create and start the container; idempotent."""
+        if not self.id:
+            env = {"HOME": str(WORKDIR)}
+            mounts = [Mount(self._to_host(self.workspace), str(WORKDIR)), *self._identity_mounts(),
+                      *self.extra_mounts]
+            if self.ssh_agent:
+                mounts.append(self._ssh_agent_mount())
+                env["SSH_AUTH_SOCK"] = SSH_AGENT_TARGET
+            self.id = start_idle_container(
+                self.client, self.image, name=self.name, user=self.user.user_spec,
+                labels=self.owner.labels(self.kind, self.test), role="builder container", network=self.network,
+                mounts=mounts, group_add=self.user.extra_groups(self.group_add),
+                working_dir=str(WORKDIR), environment=env)
+            emit("created", "container", self.name, self.owner.session, kind=self.kind)
+        return self
+
+    def __enter__(self) -> ContainerEnv:
+        return self.start()
+
+    def _identity_mounts(self) -> list[Mount]:
+        """/etc/passwd and /etc/group, read-only, so the invoking user has a name inside.
+
+        Inside a runner container they are the runner's own files, which the
+        host cannot mount: then a copy beside the workspace (on a mount) is used.
+        """
+        mounts = []
+        for name in ("passwd", "group"):
+            source = Path("/etc") / name
+            try:
+                host = self._to_host(source)
+            except ConfigError:
+                copy = self.workspace.parent / ".buildenv-etc" / name
+                copy.parent.mkdir(exist_ok=True)
+                copy.write_bytes(source.read_bytes())
+                host = self._to_host(copy)
+            mounts.append(Mount(host, str(source), read_only=True))
+        return mounts
+
+    def _ssh_agent_mount(self) -> Mount:
+        sock = os.environ.get("SSH_AUTH_SOCK")
+        if not sock or not Path(sock).exists():
+            raise ConfigError("ssh_agent=True but SSH_AUTH_SOCK is unset or gone; "
+                              "start an agent (eval $(ssh-agent)) or drop ssh_agent")
+        return Mount(self._to_host(Path(sock)), SSH_AGENT_TARGET)
+
+    @property
+    def container(self) -> Container:
+        """The docker SDK object, for anything the handle does not cover."""
+        if not self.id:
+            raise BuildEnvError(f"{self.name} is not started; call start() first")
+        if self._container is None:
+            self._container = self.client.containers.get(self.id)
+        return self._container
+
+    # --- running ---------------------------------------------------------
+    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
+                 timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
+        if not self.id:
+            raise BuildEnvError(f"{self.name} is not started; call start() first")
+        api = self.client.api
+        marker = secrets.token_hex(8)
+        if timeout is not None:
+            env = {**env, "BUILDENV_EXEC": marker}
+        with daemon_errors(f"running {argv[0]!r} in {self.name}"):
+            exec_id = api.exec_create(self.id, argv, environment=env, workdir=str(cwd), user=user or "")["Id"]
+            stream = api.exec_start(exec_id, stream=True, demux=True)
+            out: list[bytes] = []
+            err: list[bytes] = []
+            timed_out = False
+            if timeout is None:
+                _drain(stream, out, err)
+            else:
+                reader = threading.Thread(target=_drain, args=(stream, out, err), daemon=True)
+                reader.start()
+                reader.join(timeout)
+                if reader.is_alive():
+                    timed_out = True
+                    self._kill_marked(marker, user)
+                    reader.join(10)
+            exit_code = api.exec_inspect(exec_id)["ExitCode"]
+        return (-9 if exit_code is None else int(exit_code)), _text(out), _text(err), timed_out
+
+    def _kill_marked(self, marker: str, user: Optional[str]) -> None:
+        api = self.client.api
+        killer = api.exec_create(self.id, ["sh", "-c", _KILL_MARKED, "sh", marker], user=user or "")["Id"]
+        api.exec_start(killer)
+
+    # --- files outside /work: through the archive API --------------------
+    def _archive_member(self, path: PurePosixPath) -> Optional[tuple[tarfile.TarInfo, bytes]]:
+        import docker
+
+        try:
+            stream, _ = self.client.api.get_archive(self.id, str(path))
+        except docker.errors.NotFound:
+            return None
+        data = b"".join(stream)
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            member = archive.next()
+            if member is None:
+                return None
+            payload = archive.extractfile(member).read() if member.isfile() else b""  # type: ignore[union-attr]
+            return member, payload
+
+    def _stat_outside(self, path: PurePosixPath) -> Optional[FileInfo]:
+        found = self._archive_member(path)
+        if found is None:
+            return None
+        member, _ = found
+        type_bits = 0o040000 if member.isdir() else 0o120000 if member.issym() else 0o100000
+        return FileInfo(mode=type_bits | member.mode, size=member.size, uid=member.uid, gid=member.gid)
+
+    def _read_outside(self, path: PurePosixPath) -> bytes:
+        found = self._archive_member(path)
+        if found is None:
+            raise FileNotFoundError(f"{path} does not exist in {self.name}")
+        return found[1]
+
+    def _put_outside(self, src: Path, target: PurePosixPath) -> None:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", dereference=True) as archive:
+            archive.add(str(src), arcname=target.name)
+        if not self.client.api.put_archive(self.id, str(target.parent), buffer.getvalue()):
+            raise FileNotFoundError(f"put(): {target.parent} does not exist in {self.name}")
+
+    def _get_outside(self, source: PurePosixPath, dest: Path) -> None:
+        import docker
+
+        try:
+            stream, _ = self.client.api.get_archive(self.id, str(source))
+        except docker.errors.NotFound as exc:
+            raise FileNotFoundError(f"get(): {source} does not exist in {self.name}") from exc
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+            members = archive.getmembers()
+            for member in members:  # the archive's top is the source's name: land it as dest's
+                member.name = str(PurePosixPath(dest.name) / PurePosixPath(member.name).relative_to(source.name))
+            try:
+                extract_safely(archive, members, dest.parent)
+            except tarfile.TarError as exc:
+                raise BuildEnvError(f"get(): {source} in {self.name} holds {exc}; nothing outside {dest} "
+                                    "is written: fetch the files it links to instead") from exc
+
+    # --- lifetime --------------------------------------------------------
+    def close(self) -> None:
+        """Schedule removal off the test's critical path; `wait_for_removals()` joins it."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.id:
+            return  # never started: nothing to remove
+        self.removal = schedule_removal(self.client, self.id)
+        emit("removed", "container", self.name, self.owner.session, kind=self.kind)
+
+
+def extract_safely(archive: tarfile.TarFile, members: list[tarfile.TarInfo], where: Path) -> None:
+    """Extract without writing outside `where` (no absolute or `..` paths, no links escaping it):
+    tarfile's "data" filter where this Python has it, else the same refusals by hand."""
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(where, members=members, filter="data")
+        return
+    for member in members:  # Pythons before 3.9.17 / 3.10.12 / 3.11.4
+        target = PurePosixPath(member.name)
+        link = PurePosixPath(member.linkname)
+        escapes = target.is_absolute() or ".." in target.parts or (
+            (member.issym() or member.islnk()) and (link.is_absolute() or ".." in link.parts))
+        if escapes:
+            raise tarfile.TarError(f"{member.name!r}, which would land outside the destination")
+        archive.extract(member, where, set_attrs=False)
+
+
+def _drain(stream: Iterable[tuple[Optional[bytes], Optional[bytes]]], out: list[bytes], err: list[bytes]) -> None:
+    for chunk_out, chunk_err in stream:
+        if chunk_out:
+            out.append(chunk_out)
+        if chunk_err:
+            err.append(chunk_err)
+
+
+def _text(chunks: list[bytes]) -> str:
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+
+
+# --- the session-wide manager (dind uses it too) --------------------------------------
+class Builders:
+    """One process's builders: images, spares and shared network namespaces, made on first use.
+
+    The engine's client, image builder, path translation and network holders are
+    shared by every kind on the engine (container, dind) through the session's services.
+    """
+
+    def __init__(self, services: Services, env_class: type[ContainerEnv] = ContainerEnv) -> None:
+        self.services = services
+        self.env_class = env_class
+
+    # What container and dind share, each made once per process.
+    @property
+    def client(self) -> docker.DockerClient:
+        from ..engine import connect
+
+        return self.services.memo("engine.client", connect)
+
+    @property
+    def images(self) -> ImageBuilder:
+        from ..engine.images import ImageBuilder
+
+        s = self.services  # session images belong to the process that outlives every worker
+        return s.memo("engine.images", lambda: ImageBuilder(self.client, s.session_owner, s.shared, s.progress))
+
+    @property
+    def host_paths(self) -> HostPaths:
+        from ..engine.hostpaths import detect
+
+        return self.services.memo("engine.host_paths", lambda: detect(self.client))
+
+    @property
+    def networks(self) -> SharedNetworks:
+        from ..engine.netns import SharedNetworks
+
+        # Off with --buildenv-keep: a kept builder must keep its network after the session.
+        enabled = bool(self.services.ini.get("buildenv_share_network", True)) and not self.services.owner.keep
+        return self.services.memo("engine.networks", lambda: SharedNetworks(
+            self.client, self.services.owner, InvokingUser(), enabled=enabled))
+
+    def _spares(self, test: TestInfo) -> Optional[SparePool]:
+        from ..engine.spares import SparePool
+
+        depth = int(self.services.ini.get("buildenv_spares") or 0)
+        if depth <= 0 or test.scratch is None:
+            return None
+        # Under basetemp, so that it is on a bind mount when pytest runs in a runner container.
+        root = test.scratch / "buildenv-workspaces"
+        return self.services.memo("engine.spares", lambda: SparePool(root, depth=depth))
+
+    # --- the Manager protocol ----------------------------------------------------
+    def image_for(self, settings: ContainerSettings) -> str:
+        from ..engine.images import BuildSpec
+
+        kind = self.env_class.kind
+        if settings.dockerfile is not None:
+            context = settings.context or settings.dockerfile.parent
+            base = self.images.build(BuildSpec(settings.dockerfile, context, settings.target, settings.build_args))
+        elif settings.image:
+            base = self.images.from_tag(settings.image)
+        else:
+            raise ConfigError(f"no image for the {kind} kind; pass @pytest.mark.{kind}(image=...) or dockerfile=, "
+                              f"set {kind}: image: in buildenv.yaml, or ini buildenv_image")
+        return self.images.snapshot(base, settings.provision, settings.provision_user) if settings.provision else base
+
+    def configure(self, settings: ContainerSettings, image: str, workspace: Path, test: str,
+                  network: Optional[str]) -> ContainerEnv:
+        """A builder for these settings, not started yet."""
+        return self.env_class(self.client, image, workspace, self.services.owner, test=test, network=network,
+                              ssh_agent=settings.ssh_agent, to_host=self.host_paths.to_host,
+                              environment=settings.environment, timeout=settings.timeout)
+
+    def _start(self, settings: ContainerSettings, image: str, workspace: Path, test: str) -> ContainerEnv:
+        """Started on a shared network namespace when one can be had."""
+        networks = self.networks
+        mode = networks.mode_for_new_builder(settings.network, image)
+        try:
+            return self.configure(settings, image, workspace, test, mode).start()
+        except Exception:
+            if mode == settings.network:
+                raise
+            networks.holder_failed()  # its holder is gone (a test removed it?): lend another
+            mode = networks.mode_for_new_builder(settings.network, image)
+            return self.configure(settings, image, workspace, test, mode).start()
+
+    def open(self, settings: ContainerSettings, workspace: Path, test: TestInfo) -> ContainerEnv:
+        """A builder for one test: a spare if one is ready, on a shared network namespace."""
+        image = self.image_for(settings)
+        key = (self.env_class.kind, image, settings.network, settings.ssh_agent,
+               tuple(sorted(settings.environment.items())), settings.timeout)
+        spares = self._spares(test)
+        spare = spares.take(key) if spares is not None else None
+        env = spare if isinstance(spare, ContainerEnv) else self._start(settings, image, workspace, test.nodeid)
+        if spares is not None:
+            spares.restock(key, lambda where: self._start(settings, image, where, "spare"), test.more_tests_coming)
+        if not self.networks.claim(env):
+            # Its holder is taken by another open builder (two in one test) or was removed:
+            # this test gets a builder with a namespace of its own instead.
+            env.close()
+            env = self.configure(settings, image, env.workspace, test.nodeid, settings.network).start()
+        return env
+
+    def close(self, env: BuildEnv) -> None:
+        """Remove env in the background; its holder is lent again once that is done."""
+        env.close()
+        self.networks.release(env)
+
+    def describe_kept(self, env: BuildEnv) -> str:
+        name = getattr(env, "name", "?")
+        return f"{env.kind} {name}: docker exec -it {name} sh   (workspace {env.workspace})"
+
+    def finish(self, end: SessionEnd) -> None:
+        """The process's end: remove the spares and holders left, and wait for every removal."""
+        from ..engine.containers import wait_for_removals
+
+        spares, networks = self.services.existing("engine.spares"), self.services.existing("engine.networks")
+        if spares is not None:
+            spares.drain()
+        if networks is not None:
+            networks.close()
+        wait_for_removals()
+
+
+def engine_check(defaults: Mapping[str, Any]) -> Check:
+    """The engine answers: which one, and its version."""
+    from ..engine import probe
+
+    return probe()
+
+
+def engine_leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:
+    from ..engine import connect
+    from ..engine.resources import labelled_resources
+
+    return labelled_resources(services.memo("engine.client", connect), session)
+
+
+KIND = KindSpec(settings=ContainerSettings, manager=Builders, check=engine_check, leftovers=engine_leftovers)
