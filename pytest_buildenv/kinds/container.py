@@ -179,7 +179,11 @@ class ContainerEnv(BuildEnv):
                     self._kill_marked(marker, user)
                     reader.join(10)
             exit_code = api.exec_inspect(exec_id)["ExitCode"]
-        return (-9 if exit_code is None else int(exit_code)), _text(out), _text(err), timed_out
+        code, stdout, stderr = (-9 if exit_code is None else int(exit_code)), _text(out), _text(err)
+        if code == 126 and "executable file not found" in stdout:
+            # The engine's own words, on stdout with 126; a shell (and `docker run`) says 127 on stderr.
+            return 127, "", stdout.strip() + "\n", timed_out
+        return code, stdout, stderr, timed_out
 
     def _kill_marked(self, marker: str, user: Optional[str]) -> None:
         api = self.client.api

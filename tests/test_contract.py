@@ -1,0 +1,106 @@
+"""The handle's contract, written once and run on every enabled kind (ids [local], [container], ...).
+
+The main CI stage runs it on local, container and dind; the VM stage on vm
+(`-o buildenv_config=tests/data/vm/contract.yaml`, clones reset by snapshot).
+What only one kind does is tested in that kind's own file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import pytest
+
+from pytest_buildenv import BuildCommandError, CommandTimeout
+
+
+def test_string_runs_through_sh_and_list_runs_as_is(buildenv):
+    assert buildenv.run("echo $((6 * 7)) | tr 4 X").stdout == "X2\n"
+    assert buildenv.run(["echo", "$HOME", "a b"]).stdout == "$HOME a b\n"
+
+
+def test_result_fields_and_separate_streams(buildenv):
+    result = buildenv.run("echo out; echo err >&2; exit 3")
+    assert (result.exit_code, result.stdout, result.stderr, result.ok) == (3, "out\n", "err\n", False)
+    assert result.duration > 0
+
+
+def test_check_raises_with_output_tail(buildenv):
+    with pytest.raises(BuildCommandError) as raised:
+        buildenv.run("for i in $(seq 1 100); do echo line$i; done; echo 'cc: error: boom' >&2; exit 2", check=True)
+    message = str(raised.value)
+    assert message.splitlines()[0].startswith("command ") and "exited 2" in message.splitlines()[0]
+    assert "line100" in message and "line1\n" not in message and "cc: error: boom" in message
+    assert raised.value.result.exit_code == 2
+    assert buildenv.run("true", check=True).ok
+
+
+def test_timeout_kills_the_command_and_everything_it_started(buildenv):
+    seconds = random.randint(10_000, 99_999)  # a process no other test (or xdist worker) runs
+    with pytest.raises(CommandTimeout, match=r"timed out after 1 s") as raised:
+        buildenv.run(f"sleep {seconds} & echo started; sleep {seconds}", timeout=1)
+    assert raised.value.result.timed_out and raised.value.result.stdout == "started\n"
+    survivors = buildenv.run(
+        f"for d in /proc/[0-9]*; do tr '\\0' ' ' < $d/cmdline 2>/dev/null; echo; done | grep -c '^sleep {seconds}' || true")
+    assert survivors.stdout.strip() == "0"
+
+
+def test_large_output_is_kept_whole(buildenv):
+    result = buildenv.run("seq 1 200000")
+    assert result.stdout.count("\n") == 200000 and result.stdout.endswith("200000\n")
+
+
+def test_env_cwd_and_workdir(buildenv):
+    buildenv.run("mkdir -p sub", check=True)
+    result = buildenv.run("echo $GREETING; pwd", env={"GREETING": "hi"}, cwd="sub")
+    assert result.stdout == f"hi\n{buildenv.workdir}/sub\n"
+    assert buildenv.run("pwd").stdout == f"{buildenv.workdir}\n"
+
+
+def test_put_get_and_artifact_of_text_and_binary(buildenv, tmp_path):
+    payload = os.urandom(100_000)
+    (tmp_path / "blob.bin").write_bytes(payload)
+    (tmp_path / "notes.txt").write_text("ünïcode text\n")
+    os.chmod(tmp_path / "blob.bin", 0o750)
+    landed = buildenv.put(tmp_path / "blob.bin", "in/blob.bin")
+    buildenv.put(tmp_path / "notes.txt", "in/notes.txt")
+    assert str(landed) == f"{buildenv.workdir}/in/blob.bin"
+    art = buildenv.artifact("in/blob.bin")
+    assert (art.exists, art.is_file, art.size, art.mode & 0o700, art.executable) == (True, True, len(payload), 0o700, True)
+    assert art.sha256 == hashlib.sha256(payload).hexdigest() and art.read_bytes() == payload
+    assert buildenv.run(["sha256sum", "in/blob.bin"], check=True).stdout.split()[0] == art.sha256
+    assert buildenv.artifact("in/notes.txt").read_text() == "ünïcode text\n"
+    back = buildenv.get("in", tmp_path / "back")
+    assert (back / "blob.bin").read_bytes() == payload and (back / "notes.txt").read_text() == "ünïcode text\n"
+
+
+def test_files_the_build_makes_are_the_users(buildenv):
+    buildenv.run("echo made > made.txt && chmod 640 made.txt", check=True)
+    art = buildenv.artifact("made.txt")
+    uid, gid = (int(n) for n in buildenv.run("id -u; id -g", check=True).stdout.split())
+    assert (art.uid, art.gid, art.mode, art.read_text()) == (uid, gid, 0o640, "made\n")
+    host = buildenv.host_path("made.txt")
+    if host is not None:  # the workspace is the host's: the file there is the invoking user's
+        assert (host.stat().st_uid, host.stat().st_gid) == (os.getuid(), os.getgid()) == (uid, gid)
+
+
+def test_missing_artifact(buildenv):
+    art = buildenv.artifact("nope")
+    assert not art.exists and not art.is_file and not art.executable
+    with pytest.raises(FileNotFoundError, match="nope does not exist"):
+        art.size  # noqa: B018
+
+
+def test_transcript_records_every_command_in_order(buildenv):
+    buildenv.run("echo one")
+    buildenv.run(["sh", "-c", "echo two >&2; exit 1"])
+    assert [(r.command, r.exit_code) for r in buildenv.transcript] == [("echo one", 0), ("sh -c echo two >&2; exit 1", 1)]
+    text = buildenv.transcript.render()
+    assert text.index("echo one") < text.index("two") and "exit 1" in text
+
+
+def test_missing_executable_is_exit_127(buildenv):
+    result = buildenv.run(["definitely-not-a-program"])
+    assert result.exit_code == 127 and "definitely-not-a-program" in result.stderr
