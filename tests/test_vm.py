@@ -60,6 +60,12 @@ def test_hello_world_built_in_a_clone_lands_on_the_host(vm_clone, tmp_path):
     assert app.executable and app.size > 1000
     host_copy = vm_clone.get("helloworld_app", tmp_path / "from-vm" / "helloworld_app")
     assert subprocess.run([str(host_copy)], capture_output=True, text=True).stdout == "Hello, world!\n"
+    # A failing test's artifacts hold what the guest built, not the host workspace it never wrote.
+    from pytest_buildenv.reports import save_artifacts
+
+    saved = save_artifacts([vm_clone], "test_vm.py::hello", tmp_path / "artifacts")
+    assert (saved / "workspace-vm" / "helloworld_app").stat().st_size == app.size
+    assert (saved / "workspace-vm" / "helloworld.c").read_bytes() == (HELLO / "helloworld.c").read_bytes()
     with pytest.raises(CommandTimeout, match="timed out after 2 s"):
         vm_clone.run("sleep 300 & sleep 300", timeout=2)
     assert vm_clone.run("pgrep -c -x sleep || true").stdout.strip() == "0"

@@ -239,13 +239,24 @@ class VMClone(BuildEnv):
         self.ssh_config.write_text(self._machine.ssh_config())
         # Unix socket paths are short (108 bytes) and ssh appends a suffix while creating one.
         self._control = Path(tempfile.gettempdir()) / f"be-{hashlib.sha1(self.name.encode()).hexdigest()[:16]}"
-        try:
-            self.run(["mkdir", "-p", str(WORKDIR)], cwd="/", check=True)
-        except (VMError, BuildCommandError) as exc:
-            self.close()
-            raise VMError(f"SSH into clone {self.name} failed ({str(exc).splitlines()[0]}); "
-                          f"the console said:\n{tail(self.logs())}") from None
+        self._wait_for_ssh()
         return self
+
+    def _wait_for_ssh(self, seconds: float = 30) -> None:
+        """SSH answers and the workdir exists. Right after a boot or a snapshot restore the guest may be
+        unreachable for a moment ("No route to host" while the bridge relearns it): retried, boundedly."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self.run(["mkdir", "-p", str(WORKDIR)], cwd="/", check=True)
+                return
+            except (VMError, BuildCommandError) as exc:
+                if isinstance(exc, VMError) and time.monotonic() < deadline:
+                    time.sleep(1)
+                    continue
+                self.close()
+                raise VMError(f"SSH into clone {self.name} failed ({str(exc).splitlines()[0]}); "
+                              f"the console said:\n{tail(self.logs())}") from None
 
     def __enter__(self) -> VMClone:
         return self.start()
@@ -350,7 +361,8 @@ end
             raise _fail(f"restoring clone {self.name}", self._log) from None
         self.reconnect()  # the guest's TCP state went back in time: the old connection is dead
         self.workspace = workspace
-        self.transcript = type(self.transcript)()
+        self._wait_for_ssh()
+        self.transcript = type(self.transcript)()  # a fresh one: the wait's own command is not the test's
 
     def logs(self) -> str:
         """The VM's serial console log (boot messages, kernel panics, login prompt)."""
