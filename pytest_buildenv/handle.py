@@ -9,15 +9,17 @@ workspace, artifacts) is written once, here.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar, Optional, Union
-from collections.abc import Mapping, Sequence
 
-from .errors import BuildEnvError, CommandTimeout, ConfigError
+from .errors import BuildCommandError, BuildEnvError, CommandTimeout, ConfigError
 from .result import Artifact, FileInfo, Result, Transcript
 
 Command = Union[str, Sequence[str]]
@@ -50,6 +52,14 @@ def stat_host(path: Path) -> Optional[FileInfo]:
     except FileNotFoundError:
         return None
     return FileInfo(mode=st.st_mode, size=st.st_size, uid=st.st_uid, gid=st.st_gid)
+
+
+def mount_of(path: Path) -> Path:
+    """The mount point of the filesystem holding `path`."""
+    mount = path.resolve()
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    return mount
 
 
 def copy_host(src: Path, dest: Path) -> None:
@@ -89,7 +99,32 @@ class BuildEnv(ABC):
         if timed_out:
             assert limit is not None
             raise CommandTimeout(result, limit)
+        if check and not result.ok and "No space left on device" in result.stdout + result.stderr:
+            raise BuildCommandError(result, f"exited {result.exit_code}: no space left on device "
+                                            f"({self._space(self.workspace)})")
         return result.check() if check else result
+
+    @staticmethod
+    def _space(path: Path) -> str:
+        mount = mount_of(path)
+        return f"the workspace is on {mount}, {shutil.disk_usage(mount).free // 1024} KiB free"
+
+    @contextlib.contextmanager
+    def _room(self, action: str, where: Path, partial: Optional[Path] = None) -> Iterator[None]:
+        """A full filesystem on the host is one line naming it, not an OSError traceback;
+        `partial`, what the failed copy wrote, is removed."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            if partial is not None:
+                if partial.is_dir() and not partial.is_symlink():
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    partial.unlink(missing_ok=True)
+            raise BuildEnvError(f"no space left on the filesystem at {mount_of(where)} while {action}; "
+                                "free space there, or point --basetemp at a larger filesystem") from None
 
     @abstractmethod
     def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
@@ -119,7 +154,8 @@ class BuildEnv(ABC):
         target = self._resolve(path_in_env)
         host = self.host_path(target)
         if host is not None:
-            copy_host(src, host)
+            with self._room(f"copying {src} into the workspace", host.parent, partial=host):
+                copy_host(src, host)
         else:
             self._put_outside(src, target)
         return target
@@ -132,7 +168,9 @@ class BuildEnv(ABC):
         if host is not None:
             if not host.exists():
                 raise FileNotFoundError(f"get(): {source} does not exist in the {self.kind} environment")
-            copy_host(host, dest)
+            with self._room(f"copying {source} to {dest}", dest.parent if dest.parent.exists() else Path.cwd(),
+                            partial=dest):
+                copy_host(host, dest)
         else:
             self._get_outside(source, dest)
         return dest

@@ -251,7 +251,11 @@ def open_environment(request: pytest.FixtureRequest, kind: str) -> Iterator[Buil
     tmp_path: Path = request.getfixturevalue("tmp_path")
     # One workspace per environment: a test may open two (say `buildenv` and `builder_container`).
     workspace = next(p for p in (tmp_path / f"workspace{n or ''}" for n in itertools.count()) if not p.exists())
-    workspace.mkdir()
+    try:
+        workspace.mkdir()
+    except OSError as exc:
+        pytest.fail(f"cannot make the workspace {workspace} ({exc.strerror}); "
+                    "free space there, or point --basetemp at another filesystem", pytrace=False)
     scratch = request.getfixturevalue("tmp_path_factory").getbasetemp()
     env = _or_fail(lambda: bs.open(kind, _test_settings(request, kind), workspace, request.node.nodeid, scratch))
     request.node.stash.setdefault(ENVS_KEY, []).append(env)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 from collections.abc import Iterable, Iterator
 
+from .errors import BuildEnvError
 from .events import emit
 from .naming import LABEL_CACHE, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION
 
@@ -174,7 +175,13 @@ def reap(finders: Iterable[Finder], services: Services, *, dry_run: bool = False
             action, reason = judge(item.labels, this_host=this_host, foreign_max_age=foreign_max_age,
                                    include_kept=include_kept, include_cache=include_cache)
         if action == "remove" and not dry_run:
-            item.remove()
+            try:
+                item.remove()
+            except BuildEnvError as exc:
+                if unreachable is None:
+                    raise
+                unreachable(str(exc).splitlines()[0])
+                continue
             emit("reaped", item.resource, item.name, item.labels.get(LABEL_SESSION, "?"), reason=reason)
         findings.append(Finding(item.resource, item.ident, item.name,
                                 item.labels.get(LABEL_SESSION, "?"), action, reason))
@@ -183,8 +190,6 @@ def reap(finders: Iterable[Finder], services: Services, *, dry_run: bool = False
 
 def _found(finder: Finder, services: Services, session: Optional[str],
            unreachable: Optional[Callable[[str], None]]) -> list[Labelled]:
-    from .errors import BuildEnvError
-
     try:
         return list(finder(services, session))
     except BuildEnvError as exc:

@@ -64,6 +64,7 @@ class Entry:
 
 IMAGE = Default("image", ini="buildenv_image", help="default image for container and dind")
 BUILDER_INI = (
+    Ini("buildenv_engine_wait", "seconds to wait for an unreachable engine before failing a test", default="60"),
     Ini("buildenv_spares", "builders pre-started per settings while tests run (0: none)", default="2"),
     Ini("buildenv_share_network", "builders of one process join a holder's network namespace "
         "(one open builder per holder) instead of each making one", type="bool", default=True),

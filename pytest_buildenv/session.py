@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 from collections.abc import Mapping
 
-from .errors import ConfigError
+from .errors import BuildEnvError, ConfigError
 from .naming import Owner
 from .registry import Manager, Registry, Services, SessionEnd, TestInfo
 from .settings import CommonSettings, Selection, SettingsLayer, merge
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from .reaper import Finding, Labelled, OwnerLock
 
 M = TypeVar("M")
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,7 +66,8 @@ class BuildEnvSession:
         self.services = Services(owner, session_owner, progress=progress, ini=ini)
         self.stats = Stats()
         self.findings_at_end: list[Finding] = []
-        self.left_behind = 0
+        self.left_behind: Optional[int] = 0  # None: could not be counted (the tooling went away)
+        self.end_notes: list[str] = []  # what could not be finished, one line each
         self._managers: dict[str, Manager] = {}
         self._failed = False
         self._more_tests_coming = True
@@ -146,7 +149,7 @@ class BuildEnvSession:
         # The session owner ends every enabled kind: under xdist it made none, but it tears down what workers shared.
         kinds = self.selection.kinds if self.is_session_owner else tuple(self._managers)
         for kind in kinds:
-            self.manager(kind).finish(end)
+            self._survive(f"finishing the {kind} environments", partial(self.manager(kind).finish, end), None)
         self.stats.kept.extend(end.kept)
         self.stats.teardown_seconds += time.monotonic() - started
         return {"stats": self.stats.as_dict(), "failed": self._failed}
@@ -164,13 +167,25 @@ class BuildEnvSession:
         from .sharing import remove_session_state
 
         remove_session_state(self.owner.session)  # first: our own state directory is not a leftover to report
+        notes = len(self.end_notes)
         self.findings_at_end = self._reap(session=self.owner.session, force=True)
-        self.left_behind = len(self._reap(session=self.owner.session, force=True, dry_run=True))
+        left = self._reap(session=self.owner.session, force=True, dry_run=True)
+        self.left_behind = len(left) if len(self.end_notes) == notes else None
 
     def _reap(self, **options: Any) -> list[Finding]:
         from .reaper import reap
 
-        return reap(self.registry.finders(self.selection.kinds), self.services, **options)
+        return self._survive("sweeping the session", lambda: reap(
+            self.registry.finders(self.selection.kinds), self.services, unreachable=self.end_notes.append,
+            **options), [])
+
+    def _survive(self, what: str, step: Callable[[], T], default: T) -> T:
+        """The session's end never raises: a step whose tooling went away is one line in the summary."""
+        try:
+            return step()
+        except (BuildEnvError, OSError) as exc:  # OSError: also requests' ConnectionError
+            self.end_notes.append(f"{what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            return default
 
     def leftovers(self) -> list[Labelled]:
         """Every labelled resource of the enabled kinds, whatever its session (for a suite's leak check)."""
@@ -178,9 +193,14 @@ class BuildEnvSession:
 
     def summary_lines(self) -> list[str]:
         made = ", ".join(f"{n} {kind}" for kind, n in sorted(self.stats.made.items())) or "none"
+        left = "unknown" if self.left_behind is None else self.left_behind
         lines = [f"buildenv: session {self.owner.session}: environments made: {made}; "
                  f"setup {self.stats.setup_seconds:.1f} s, teardown {self.stats.teardown_seconds:.1f} s; "
-                 f"swept at end: {len(self.findings_at_end)}; left behind: {self.left_behind}"]
+                 f"swept at end: {len(self.findings_at_end)}; left behind: {left}"]
+        if self.end_notes:
+            lines.append(f"buildenv: could not finish cleanly ({'; '.join(dict.fromkeys(self.end_notes))}); "
+                         f"what session {self.owner.session} left is removed by the next session "
+                         "or `python -m pytest_buildenv reap`")
         if self.owner.keep:
             lines.append("buildenv: kept (--buildenv-keep):")
             lines.extend(f"  {entry}" for entry in self.stats.kept)

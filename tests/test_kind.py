@@ -292,3 +292,19 @@ def test_reaped_after_sigkill(tmp_path, client, wait_written):
     out = subprocess.run([sys.executable, "-m", "pytest_buildenv", "reap"], capture_output=True, text=True).stdout
     assert f"remove: cluster {name} " in out
     assert nodes(client, name) == []
+
+
+def test_kinds_own_error_line_leads_with_the_cause():
+    # The shape real kind prints when a node container cannot start (kind's create action wraps the
+    # provider's `docker run` error); not producible here, where no node image exists.
+    from pytest_buildenv.kinds.kind import _last_error
+    from pytest_buildenv.result import Result
+
+    stderr = ('Creating cluster "x" ...\n \u2717 Preparing nodes\n'
+              'ERROR: failed to create cluster: command "docker run --name x-control-plane --hostname '
+              'x-control-plane --label io.x-k8s.kind.role=control-plane --privileged kindest/node:v1" '
+              'failed with error: exit status 125\n'
+              'Command Output: docker: Error response from daemon: unable to apply caps: operation not permitted.\n')
+    line = _last_error(Result("kind create cluster", 1, "", stderr, 0.1))
+    assert line == ("docker: Error response from daemon: unable to apply caps: operation not permitted. "
+                    "(ERROR: failed to create cluster: `docker run ...` failed with error: exit status 125)")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING
+import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import BackendUnavailable
 
@@ -22,9 +23,13 @@ if TYPE_CHECKING:
     from ..registry import Check
 
 
+def where() -> str:
+    """The engine's address, as the docker SDK picks it."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
 def describe_unreachable(exc: BaseException) -> tuple[str, str]:
     """(cause, remedy): where we looked for the daemon, why it failed, what fixes it."""
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     text = str(exc)
     if "Permission denied" in text or "PermissionError" in text:
         remedy = "add your user to the socket's group (usermod -aG docker $USER) and log in again"
@@ -33,7 +38,7 @@ def describe_unreachable(exc: BaseException) -> tuple[str, str]:
     else:
         remedy = "start it (systemctl start docker, or dockerd &) or set DOCKER_HOST"
     reason = text.splitlines()[0][:160] if text else type(exc).__name__
-    return f"Docker daemon unreachable at {where} ({reason})", remedy
+    return f"Docker daemon unreachable at {where()} ({reason})", remedy
 
 
 def connect(timeout: int = 60) -> docker.DockerClient:
@@ -64,10 +69,63 @@ def probe(timeout: int = 10) -> Check:
     return Check(True, f"Docker engine {version.get('Version')} (API {version.get('ApiVersion')}) reachable")
 
 
+def wait_until_up(client: docker.DockerClient, seconds: float, progress: Callable[[str], None]) -> bool:
+    """Return False if the engine answers now; else wait for it, up to `seconds`, and return True
+    once it is back (the caller then trusts nothing it knew of it), or raise BackendUnavailable."""
+    try:
+        client.ping()
+        return False
+    except Exception as exc:
+        if not is_connection_error(exc):
+            raise
+        reason = describe_unreachable(exc)[0]
+    progress(f"{reason}; waiting up to {seconds:g} s for it (ini buildenv_engine_wait)")
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        time.sleep(0.5)
+        try:
+            client.ping()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            continue
+        progress(f"Docker engine at {where()} is back after {time.monotonic() - started:.1f} s")
+        return True
+    raise not_back(seconds)
+
+
+def not_back(seconds: float) -> BackendUnavailable:
+    return BackendUnavailable(f"the Docker engine at {where()} did not answer within {seconds:g} s; "
+                              "start it, or raise ini buildenv_engine_wait")
+
+
+def engine_lost(exc: BaseException) -> bool:
+    """Did `exc` come from the engine being unreachable (directly, or as the cause of our own error)?"""
+    return is_connection_error(exc) or (isinstance(exc, BackendUnavailable) and exc.__cause__ is not None
+                                        and is_connection_error(exc.__cause__))
+
+
 def is_connection_error(exc: BaseException) -> bool:
     import requests
 
     return isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError))
+
+
+@contextlib.contextmanager
+def lost_during(action: str) -> Iterator[None]:
+    """Inside a builder: the engine (or the builder with it) went away mid-way is one line naming the engine."""
+    import docker
+
+    try:
+        yield
+    except Exception as exc:
+        gone = isinstance(exc, docker.errors.NotFound) or (
+            isinstance(exc, docker.errors.APIError) and "is not running" in str(exc))
+        if not (gone or is_connection_error(exc)):
+            raise
+        detail = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:160]
+        raise BackendUnavailable(f"Docker engine at {where()} went away during {action} ({detail}); "
+                                 "rerun once it is up: the builder went with it") from exc
 
 
 @contextlib.contextmanager

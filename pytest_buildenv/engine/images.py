@@ -105,6 +105,12 @@ class ImageBuilder:
         self._built: dict[str, str] = {}  # Dockerfile content key -> tag built this session
         self._present: set[str] = set()  # tags known to be local: looked up, pulled or provisioned
 
+    def forget(self) -> None:
+        """The engine restarted: images it had are looked up again, not assumed (a build is redone
+        only if its image is gone)."""
+        self._present.clear()
+        self._built.clear()
+
     def from_tag(self, tag: str) -> str:
         """The tag itself if the image is local (or can be pulled), else ConfigError."""
         import docker
@@ -182,10 +188,23 @@ class ImageBuilder:
         if key not in self._built:
             if self.shared is not None:
                 record = self.shared.get_or_create(f"image-{key[:24]}", lambda: {"tag": self._build(spec, files, key)})
-                self._built[key] = record["tag"]
+                tag = record["tag"]
+                if not record["created_here"] and not self._exists(tag):
+                    tag = self._build(spec, files, key)  # recorded, but gone since (an engine reset, a prune)
+                self._built[key] = tag
             else:
                 self._built[key] = self._build(spec, files, key)
         return self._built[key]
+
+    def _exists(self, tag: str) -> bool:
+        import docker
+
+        with daemon_errors(f"looking up image {tag}"):
+            try:
+                self.client.images.get(tag)
+                return True
+            except docker.errors.ImageNotFound:
+                return False
 
     def _build(self, spec: BuildSpec, files: list[str], key: str) -> str:
         from docker.utils.build import create_archive

@@ -7,6 +7,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Callable, Optional
 from collections.abc import Iterator
 
+from . import daemon_errors
 from ..events import emit
 from ..naming import ANY_OWNED, LABEL_CLUSTER, session_filter
 
@@ -22,7 +23,8 @@ def quietly(action: Callable[[], object]) -> Callable[[], None]:
 
     def run() -> None:
         try:
-            action()
+            with daemon_errors("removing a labelled resource"):
+                action()
         except sdk.errors.NotFound:
             pass
         except sdk.errors.APIError as exc:
@@ -37,16 +39,19 @@ def labelled_resources(client: docker.DockerClient, session: Optional[str] = Non
 
     filters = session_filter(session) if session else ANY_OWNED
     api = client.api
-    for c in api.containers(all=True, filters=filters):
+    with daemon_errors("listing labelled resources"):
+        containers, networks = api.containers(all=True, filters=filters), api.networks(filters=filters)
+        volumes, images = api.volumes(filters=filters).get("Volumes") or [], api.images(filters=filters)
+    for c in containers:
         yield Labelled("container", c["Id"], c["Names"][0].lstrip("/"), c["Labels"] or {},
                        quietly(partial(api.remove_container, c["Id"], force=True, v=True)))
-    for n in api.networks(filters=filters):
+    for n in networks:
         yield Labelled("network", n["Id"], n["Name"], n.get("Labels") or {}, quietly(partial(api.remove_network, n["Id"])))
-    for v in api.volumes(filters=filters).get("Volumes") or []:
+    for v in volumes:
         labels = v.get("Labels") or {}
         if LABEL_CLUSTER not in labels:
             yield Labelled("volume", v["Name"], v["Name"], labels,
                            quietly(partial(api.remove_volume, v["Name"], force=True)))
-    for i in api.images(filters=filters):
+    for i in images:
         name = (i.get("RepoTags") or [i["Id"]])[0]
         yield Labelled("image", i["Id"], name, i.get("Labels") or {}, quietly(partial(api.remove_image, i["Id"], force=True)))

@@ -16,13 +16,14 @@ import os
 import secrets
 import tarfile
 import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Optional
-from collections.abc import Iterable, Iterator, Mapping
 
-from ..engine import daemon_errors
+from ..engine import lost_during
 from ..engine.containers import InvokingUser, Mount, schedule_removal, start_idle_container
 from ..errors import BuildEnvError, ConfigError
 from ..events import emit
@@ -144,6 +145,15 @@ class ContainerEnv(BuildEnv):
                               "start an agent (eval $(ssh-agent)) or drop ssh_agent")
         return Mount(self._to_host(Path(sock)), SSH_AGENT_TARGET)
 
+    def running(self) -> bool:
+        """Started, and the engine says it still runs."""
+        import docker
+
+        try:
+            return bool(self.id) and bool(self.client.api.inspect_container(self.id)["State"]["Running"])
+        except docker.errors.NotFound:
+            return False
+
     @property
     def container(self) -> Container:
         """The docker SDK object, for anything the handle does not cover."""
@@ -162,7 +172,7 @@ class ContainerEnv(BuildEnv):
         marker = secrets.token_hex(8)
         if timeout is not None:
             env = {**env, "BUILDENV_EXEC": marker}
-        with daemon_errors(f"running {argv[0]!r} in {self.name}"):
+        with lost_during(f"the command {argv[0]!r} in {self.name}"):
             exec_id = api.exec_create(self.id, argv, environment=env, workdir=str(cwd), user=user or "")["Id"]
             stream = api.exec_start(exec_id, stream=True, demux=True)
             out: list[bytes] = []
@@ -374,12 +384,37 @@ class Builders:
             return self.configure(settings, image, workspace, test, mode).start()
 
     def open(self, settings: ContainerSettings, workspace: Path, test: TestInfo) -> ContainerEnv:
+        """A builder for one test; an engine that went away (or goes away meanwhile) is waited for,
+        up to ini buildenv_engine_wait seconds, and then trusted for nothing it said before."""
+        from ..engine import engine_lost, not_back, wait_until_up, where
+
+        seconds = float(self.services.ini.get("buildenv_engine_wait") or 60)
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if wait_until_up(self.client, max(0.0, deadline - time.monotonic()), self.services.progress):
+                    self.images.forget()
+                return self._open(settings, workspace, test)
+            except Exception as exc:
+                if not engine_lost(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise not_back(seconds) from None
+                self.services.progress(f"the Docker engine at {where()} went away while a builder was opened; "
+                                       "waiting for it")
+                self.images.forget()
+                time.sleep(0.5)
+
+    def _open(self, settings: ContainerSettings, workspace: Path, test: TestInfo) -> ContainerEnv:
         """A builder for one test: a spare if one is ready, on a shared network namespace."""
         image = self.image_for(settings)
         key = (self.env_class.kind, image, settings.network, settings.ssh_agent,
                tuple(sorted(settings.environment.items())), settings.timeout)
         spares = self._spares(test)
         spare = spares.take(key) if spares is not None else None
+        if isinstance(spare, ContainerEnv) and not spare.running():
+            spare.close()  # it died with the engine (or was removed): never handed to a test
+            spare = None
         env = spare if isinstance(spare, ContainerEnv) else self._start(settings, image, workspace, test.nodeid)
         if spares is not None:
             spares.restock(key, lambda where: self._start(settings, image, where, "spare"), test.more_tests_coming)

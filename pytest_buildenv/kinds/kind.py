@@ -103,9 +103,17 @@ def _run(argv: Sequence[str], *, timeout: Optional[float] = None, env: Optional[
 
 
 def _last_error(result: Result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    """The cause, first: kind's "ERROR: ... command "docker run <50 arguments>" failed with error: exit
+    status 125" buries it in the "Command Output:" line after; that line leads, the command shortened."""
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("ERROR")]
-    return (errors or lines or [f"exit {result.exit_code}"])[-1].strip()
+    error = (errors or lines or [f"exit {result.exit_code}"])[-1]
+    error = _KIND_COMMAND.sub(lambda m: f"`{' '.join(m.group(1).split()[:2])} ...`", error)
+    output = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Command Output:")]
+    return f"{output[-1]} ({error})" if output and output[-1] else error
+
+
+_KIND_COMMAND = re.compile(r'command "([^"]*)"')
 
 
 class KindCluster:
