@@ -49,7 +49,8 @@ class BuildCommandError(BuildEnvError):
 
     def __init__(self, result: Result, reason: str | None = None) -> None:
         self.result = result
-        what = reason or f"exited {result.exit_code} after {result.duration:.1f} s"
+        what = reason or (f"was killed by {result.killed_by} (exit {result.exit_code}) after {result.duration:.1f} s"
+                          if result.killed_by else f"exited {result.exit_code} after {result.duration:.1f} s")
         lines = [f"command {result.command!r} {what}"]
         for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
             if text.strip():

@@ -83,6 +83,7 @@ class BuildEnv(ABC):
         self.environment = dict(environment or {})
         self.default_timeout = timeout
         self.transcript = Transcript()
+        self.killed_by = ""  # set by _execute when it knows what killed the command (e.g. the OOM killer)
 
     # --- running ---------------------------------------------------------
     def run(self, cmd: Command, check: bool = False, env: Optional[Mapping[str, str]] = None,
@@ -93,8 +94,9 @@ class BuildEnv(ABC):
         merged_env = {**self.environment, **(env or {})}
         limit = timeout if timeout is not None else self.default_timeout
         started = time.monotonic()
+        self.killed_by = ""
         exit_code, out, err, timed_out = self._execute(argv, merged_env, self._resolve(cwd), limit, user)
-        result = Result(display(cmd), exit_code, out, err, time.monotonic() - started, timed_out)
+        result = Result(display(cmd), exit_code, out, err, time.monotonic() - started, timed_out, self.killed_by)
         self.transcript.append(result)
         if timed_out:
             assert limit is not None

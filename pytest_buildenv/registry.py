@@ -63,6 +63,7 @@ class Entry:
 
 
 IMAGE = Default("image", ini="buildenv_image", help="default image for container and dind")
+PIDS = Default("pids", ini="buildenv_pids", help="process limit of a builder (default 4096; 0: none)")
 BUILDER_INI = (
     Ini("buildenv_engine_wait", "seconds to wait for an unreachable engine before failing a test", default="60"),
     Ini("buildenv_spares", "builders pre-started per settings while tests run (0: none)", default="2"),
@@ -72,8 +73,8 @@ BUILDER_INI = (
 
 BUILTIN: dict[str, Entry] = {
     "local": Entry("pytest_buildenv.kinds.local"),
-    "container": Entry("pytest_buildenv.kinds.container", ("builder_container",), (IMAGE,), BUILDER_INI),
-    "dind": Entry("pytest_buildenv.kinds.dind", ("dind_sibling",), (IMAGE,), BUILDER_INI),
+    "container": Entry("pytest_buildenv.kinds.container", ("builder_container",), (IMAGE, PIDS), BUILDER_INI),
+    "dind": Entry("pytest_buildenv.kinds.dind", ("dind_sibling",), (IMAGE, PIDS), BUILDER_INI),
     "kind": Entry("pytest_buildenv.kinds.kind", ("kind_cluster",), (
         Default("kind_bin", option="--kind-bin", help="the kind executable (default: kind on PATH)"),
         Default("image", option="--kind-image", help="KIND node image (kind create cluster --image)"),
@@ -159,6 +160,7 @@ class Services:
         self._shared = shared
         self.progress = progress or (lambda line: None)
         self.ini = dict(ini or {})
+        self.notices: list[str] = []  # what the session summary must say (e.g. a privileged builder)
         self._memo: dict[str, Any] = {}
         self._lock = threading.RLock()  # reentrant: one service's factory may ask for another (the client)
 

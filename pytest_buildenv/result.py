@@ -21,6 +21,7 @@ class Result:
     stderr: str
     duration: float
     timed_out: bool = False
+    killed_by: str = ""  # what killed it, when the kind can tell (e.g. "the out-of-memory killer (memory limit 64m)")
 
     @property
     def ok(self) -> bool:

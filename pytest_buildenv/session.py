@@ -35,16 +35,18 @@ class Stats:
     setup_seconds: float = 0.0
     teardown_seconds: float = 0.0
     kept: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
 
     def add(self, other: Mapping[str, Any]) -> None:
         self.made.update(other.get("made", {}))
         self.setup_seconds += other.get("setup_seconds", 0.0)
         self.teardown_seconds += other.get("teardown_seconds", 0.0)
         self.kept.extend(other.get("kept", []))
+        self.notices.extend(other.get("notices", []))
 
     def as_dict(self) -> dict[str, Any]:
         return {"made": dict(self.made), "setup_seconds": self.setup_seconds,
-                "teardown_seconds": self.teardown_seconds, "kept": list(self.kept)}
+                "teardown_seconds": self.teardown_seconds, "kept": list(self.kept), "notices": list(self.notices)}
 
 
 class BuildEnvSession:
@@ -151,6 +153,7 @@ class BuildEnvSession:
         for kind in kinds:
             self._survive(f"finishing the {kind} environments", partial(self.manager(kind).finish, end), None)
         self.stats.kept.extend(end.kept)
+        self.stats.notices.extend(self.services.notices)
         self.stats.teardown_seconds += time.monotonic() - started
         return {"stats": self.stats.as_dict(), "failed": self._failed}
 
@@ -197,6 +200,7 @@ class BuildEnvSession:
         lines = [f"buildenv: session {self.owner.session}: environments made: {made}; "
                  f"setup {self.stats.setup_seconds:.1f} s, teardown {self.stats.teardown_seconds:.1f} s; "
                  f"swept at end: {len(self.findings_at_end)}; left behind: {left}"]
+        lines.extend(f"buildenv: {notice}" for notice in dict.fromkeys(self.stats.notices))
         if self.end_notes:
             lines.append(f"buildenv: could not finish cleanly ({'; '.join(dict.fromkeys(self.end_notes))}); "
                          f"what session {self.owner.session} left is removed by the next session "

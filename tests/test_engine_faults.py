@@ -137,6 +137,7 @@ def test_engine_gone_at_the_end_a_wait_that_runs_out_and_a_later_reap(fault_engi
     assert proc.returncode == 1 and outcomes(out) == {"passed": 1, "error": 1}, out  # the tests' status
     assert f"the Docker engine at {fault_engine} did not answer within 3 s; start it, or raise ini " \
            "buildenv_engine_wait" in out, out
+    assert f"[buildenv] Docker daemon unreachable at {fault_engine} (" in out and "waiting up to 3 s for it" in out, out
     assert "could not finish cleanly" in out and "python -m pytest_buildenv reap" in out, out
     assert "Traceback" not in out and "INTERNALERROR" not in out, out
     control("start")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
-from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, Optional
+from collections.abc import Iterable, Mapping
 
 from ..errors import BackendUnavailable
 from . import daemon_errors
@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Mount:
-    source: str  # as the Docker daemon sees it (host path)
+    source: str  # as the Docker daemon sees it (host path), or a volume's name
     target: str
     read_only: bool = False
+    type: Literal["bind", "volume"] = "bind"
 
 
 @dataclass(frozen=True)
@@ -72,23 +73,27 @@ def wait_for_removals() -> list[BaseException]:
 
 def start_idle_container(client: docker.DockerClient, image: str, *, name: str, user: str, labels: dict[str, str],
                          role: str, network: Optional[str] = None, mounts: Iterable[Mount] = (),
-                         group_add: Iterable[str] = (), setuid: bool = False, **create: Any) -> str:
+                         group_add: Iterable[str] = (), setuid: bool = False,
+                         host: Optional[Mapping[str, Any]] = None, **create: Any) -> str:
     """Create and start a container idling on `sleep infinity`, under our security defaults:
     never privileged, no-new-privileges, and an init that reaps what timed-out commands leave
     (so `ps` in a test stays truthful). `role` names it in errors; `create` goes to create_container.
 
     `setuid=True` is the one exception, for provisioning a snapshot: its steps install packages,
-    and package tools may switch users through setuid helpers (su, sudo), which no-new-privileges stops."""
+    and package tools may switch users through setuid helpers (su, sudo), which no-new-privileges stops.
+    `host` adds host-config options: limits, and what a user put in docker_options (checked before)."""
     import docker
 
     api = client.api
+    extra = dict(host or {})
     host_config = api.create_host_config(
-        mounts=[docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only) for m in mounts],
+        mounts=[docker.types.Mount(m.target, m.source, type=m.type, read_only=m.read_only) for m in mounts],
         group_add=list(group_add),
         network_mode=network,
-        security_opt=[] if setuid else ["no-new-privileges"],
-        privileged=False,
+        security_opt=([] if setuid else ["no-new-privileges"]) + list(extra.pop("security_opt", [])),
+        privileged=bool(extra.pop("privileged", False)),  # only ever from docker_options, by name
         init=True,
+        **extra,
     )
     with daemon_errors(f"starting a {role} from {image}"):
         created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name, user=user,

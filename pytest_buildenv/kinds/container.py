@@ -11,8 +11,11 @@ once per session, spares pre-started while tests run, shared network namespaces.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
+import re
 import secrets
 import tarfile
 import threading
@@ -67,6 +70,63 @@ class ContainerSettings(CommonSettings):
     ssh_agent: bool = False
     provision: tuple[str, ...] = ()  # commands run once in a fresh builder, committed to a cached snapshot
     provision_user: str = "root"
+    memory: Optional[str] = None  # "512m": the builder's memory limit (swap included)
+    cpus: Optional[float] = None  # 1.5
+    pids: int = 4096  # process limit (ini buildenv_pids), so a fork bomb stays in its builder; 0: none
+    caches: dict[str, str] = field(default_factory=dict)  # name -> path in the builder, kept across sessions
+    docker_options: dict[str, Any] = field(default_factory=dict)  # more host-config options for the engine
+
+
+# docker_options keys the plugin sets itself, and the setting to use instead.
+OWNED_OPTIONS = {
+    "name": "nothing (builders are named per test)", "labels": "nothing (labels say whose a builder is)",
+    "user": "run(user=...) (the builder runs as you)", "working_dir": "run(cwd=...) (the workdir is /work)",
+    "command": "run()", "entrypoint": "run()", "environment": "environment", "network_mode": "network",
+    "mem_limit": "memory", "memswap_limit": "memory", "nano_cpus": "cpus", "cpu_quota": "cpus",
+    "pids_limit": "pids", "group_add": "nothing (the builder has all your groups)", "init": "nothing",
+    "auto_remove": "nothing (removal is the plugin's)",
+}
+_MEMORY = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
+CACHE_VOLUME = "buildenv-cache-"
+
+
+def host_options(settings: ContainerSettings, to_host: HostPathFn) -> tuple[dict[str, Any], list[Mount]]:
+    """The engine's host-config options for these settings (limits, docker_options) and extra mounts,
+    each docker_options key checked: one the plugin owns names the setting to use instead."""
+    import docker
+    from docker.models.containers import RUN_HOST_CONFIG_KWARGS
+
+    options: dict[str, Any] = {}
+    if settings.memory is not None:
+        if not _MEMORY.match(settings.memory):
+            raise ConfigError(f"memory={settings.memory!r} is not a size; write it as Docker does, e.g. '512m' or '2g'")
+        options["mem_limit"] = options["memswap_limit"] = settings.memory
+    if settings.cpus is not None:
+        options["nano_cpus"] = int(settings.cpus * 1e9)
+    if settings.pids > 0:
+        options["pids_limit"] = settings.pids
+    mounts: list[Mount] = []
+    for key, value in settings.docker_options.items():
+        if key in OWNED_OPTIONS:
+            raise ConfigError(f"docker_options key {key!r} is the plugin's; use {OWNED_OPTIONS[key]}")
+        if key == "mounts":  # "src:dst[:ro]", as `docker run -v` writes them
+            mounts.extend(_mount(spec, to_host) for spec in value)
+        elif key not in RUN_HOST_CONFIG_KWARGS:
+            raise ConfigError(f"docker_options key {key!r} is not a container option; "
+                              f"it takes {', '.join(sorted(set(RUN_HOST_CONFIG_KWARGS) - set(OWNED_OPTIONS)))}")
+        elif key == "ulimits":
+            options[key] = [docker.types.Ulimit(**u) if isinstance(u, Mapping) else u for u in value]
+        else:
+            options[key] = value
+    return options, mounts
+
+
+def _mount(spec: str, to_host: HostPathFn) -> Mount:
+    source, _, rest = str(spec).partition(":")
+    target, _, mode = rest.partition(":")
+    if not source or not target.startswith("/") or mode not in ("", "ro", "rw") or target == str(WORKDIR):
+        raise ConfigError(f"docker_options mounts entry {spec!r} is not SOURCE:/TARGET[:ro] (and /work is the workspace's)")
+    return Mount(to_host(Path(source)), target, read_only=mode == "ro")
 
 
 HostPathFn = Callable[[Path], str]
@@ -81,7 +141,8 @@ class ContainerEnv(BuildEnv):
                  test: str = "", network: Optional[str] = None, ssh_agent: bool = False,
                  environment: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
                  mounts: Iterable[Mount] = (), group_add: Iterable[int] = (),
-                 user: Optional[InvokingUser] = None, to_host: HostPathFn = str) -> None:
+                 user: Optional[InvokingUser] = None, to_host: HostPathFn = str,
+                 host_options: Optional[Mapping[str, Any]] = None, caches: Optional[Mapping[str, str]] = None) -> None:
         super().__init__(workspace, WORKDIR, environment=environment, timeout=timeout)
         self.client = client
         self.image = image
@@ -93,6 +154,9 @@ class ContainerEnv(BuildEnv):
         self.name = owner.name(self.kind, test.rsplit("::", 1)[-1])
         self.extra_mounts = list(mounts)
         self.group_add = list(group_add)
+        self.host_options = dict(host_options or {})  # limits and docker_options (see host_options())
+        self.caches = dict(caches or {})  # name -> path: named volumes kept across sessions
+        self._oom_kills = 0
         self._to_host = to_host
         self.id = ""  # set by start()
         self._container: Optional[Container] = None
@@ -108,13 +172,41 @@ class ContainerEnv(BuildEnv):
             if self.ssh_agent:
                 mounts.append(self._ssh_agent_mount())
                 env["SSH_AUTH_SOCK"] = SSH_AGENT_TARGET
+            mounts += [Mount(self._cache_volume(name), path, type="volume") for name, path in self.caches.items()]
             self.id = start_idle_container(
                 self.client, self.image, name=self.name, user=self.user.user_spec,
                 labels=self.owner.labels(self.kind, self.test), role="builder container", network=self.network,
-                mounts=mounts, group_add=self.user.extra_groups(self.group_add),
+                mounts=mounts, group_add=self.user.extra_groups(self.group_add), host=self.host_options,
                 working_dir=str(WORKDIR), environment=env)
             emit("created", "container", self.name, self.owner.session, kind=self.kind)
         return self
+
+    def _cache_volume(self, name: str) -> str:
+        """The cache's named volume, made on first use: labelled a cache (so no sweep removes it), and
+        handed to the invoking user, since a new volume's root is root's and a builder's root has no
+        capability to chown it. Concurrent makers do the same harmless thing twice."""
+        import docker
+
+        from ..engine.containers import remove_container
+        from ..naming import LABEL_CACHE, slug
+
+        volume = CACHE_VOLUME + slug(name, 60)
+        api = self.client.api
+        with lost_during(f"making the cache volume {volume}"):
+            try:
+                api.inspect_volume(volume)
+                return volume
+            except docker.errors.NotFound:
+                api.create_volume(volume, labels={**self.owner.labels("cache"), LABEL_CACHE: f"cache:{name}"})
+            chown = start_idle_container(self.client, self.image, name=self.owner.name("cache-init"), user="0",
+                                         labels=self.owner.labels("cache-init"), role="cache initialiser",
+                                         network="none", mounts=[Mount(volume, "/cache", type="volume")])
+            try:
+                exec_id = api.exec_create(chown, ["chown", self.user.user_spec, "/cache"], user="0")["Id"]
+                api.exec_start(exec_id)
+            finally:
+                remove_container(self.client, chown)
+        return volume
 
     def __enter__(self) -> ContainerEnv:
         return self.start()
@@ -188,17 +280,40 @@ class ContainerEnv(BuildEnv):
                     timed_out = True
                     self._kill_marked(marker, user)
                     reader.join(10)
+                    if reader.is_alive():  # nothing could be started to kill it (a fork bomb at the pids limit)
+                        api.kill(self.id)
+                        self.killed_by = "its builder, killed whole: no process could start in it to end the command"
+                        reader.join(10)
             exit_code = api.exec_inspect(exec_id)["ExitCode"]
         code, stdout, stderr = (-9 if exit_code is None else int(exit_code)), _text(out), _text(err)
         if code == 126 and "executable file not found" in stdout:
             # The engine's own words, on stdout with 126; a shell (and `docker run`) says 127 on stderr.
             return 127, "", stdout.strip() + "\n", timed_out
+        if code == 137 and not timed_out and self._oom_killed():
+            self.killed_by = f"the out-of-memory killer (memory limit {self.host_options['mem_limit']})"
         return code, stdout, stderr, timed_out
 
-    def _kill_marked(self, marker: str, user: Optional[str]) -> None:
+    def _oom_killed(self) -> bool:
+        """Did the kernel's OOM killer act in this builder since we last looked (its cgroup's oom_kill count)?"""
+        if "mem_limit" not in self.host_options:
+            return False
         api = self.client.api
-        killer = api.exec_create(self.id, ["sh", "-c", _KILL_MARKED, "sh", marker], user=user or "")["Id"]
-        api.exec_start(killer)
+        read = api.exec_create(self.id, ["sh", "-c", "cat /sys/fs/cgroup/memory/memory.oom_control "
+                                         "/sys/fs/cgroup/memory.events 2>/dev/null"], user="0")["Id"]
+        counts = re.findall(rb"^oom_kill (\d+)", api.exec_start(read), re.MULTILINE)
+        kills = int(counts[0]) if counts else 0
+        killed, self._oom_kills = kills > self._oom_kills, kills
+        return killed
+
+    def _kill_marked(self, marker: str, user: Optional[str]) -> None:
+        import docker
+
+        api = self.client.api
+        try:
+            killer = api.exec_create(self.id, ["sh", "-c", _KILL_MARKED, "sh", marker], user=user or "")["Id"]
+            api.exec_start(killer)
+        except docker.errors.APIError:
+            pass  # no process can start (its pids limit is reached): the caller kills the builder
 
     # --- files outside /work: through the archive API --------------------
     def _archive_member(self, path: PurePosixPath) -> Optional[tuple[tarfile.TarInfo, bytes]]:
@@ -366,9 +481,11 @@ class Builders:
     def configure(self, settings: ContainerSettings, image: str, workspace: Path, test: str,
                   network: Optional[str]) -> ContainerEnv:
         """A builder for these settings, not started yet."""
+        options, mounts = host_options(settings, self.host_paths.to_host)
         return self.env_class(self.client, image, workspace, self.services.owner, test=test, network=network,
                               ssh_agent=settings.ssh_agent, to_host=self.host_paths.to_host,
-                              environment=settings.environment, timeout=settings.timeout)
+                              environment=settings.environment, timeout=settings.timeout,
+                              host_options=options, mounts=mounts, caches=settings.caches)
 
     def _start(self, settings: ContainerSettings, image: str, workspace: Path, test: str) -> ContainerEnv:
         """Started on a shared network namespace when one can be had."""
@@ -408,8 +525,7 @@ class Builders:
     def _open(self, settings: ContainerSettings, workspace: Path, test: TestInfo) -> ContainerEnv:
         """A builder for one test: a spare if one is ready, on a shared network namespace."""
         image = self.image_for(settings)
-        key = (self.env_class.kind, image, settings.network, settings.ssh_agent,
-               tuple(sorted(settings.environment.items())), settings.timeout)
+        key = (self.env_class.kind, image, json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str))
         spares = self._spares(test)
         spare = spares.take(key) if spares is not None else None
         if isinstance(spare, ContainerEnv) and not spare.running():
@@ -418,6 +534,8 @@ class Builders:
         env = spare if isinstance(spare, ContainerEnv) else self._start(settings, image, workspace, test.nodeid)
         if spares is not None:
             spares.restock(key, lambda where: self._start(settings, image, where, "spare"), test.more_tests_coming)
+        if env.host_options.get("privileged"):
+            self.services.notices.append(f"{env.name} ran privileged (docker_options privileged=True)")
         if not self.networks.claim(env):
             # Its holder is taken by another open builder (two in one test) or was removed:
             # this test gets a builder with a namespace of its own instead.

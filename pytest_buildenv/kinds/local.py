@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 from collections.abc import Mapping
@@ -23,7 +23,16 @@ from ..settings import CommonSettings
 
 @dataclass(frozen=True)
 class LocalSettings(CommonSettings):
-    pass
+    # name -> path: on the host the path is ignored; NAME (upper-cased) points at the user's cache directory
+    caches: dict[str, str] = field(default_factory=dict)
+
+
+def cache_dir(name: str) -> Path:
+    """A persistent cache on the host: $XDG_CACHE_HOME/pytest-buildenv/<name>."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-buildenv"
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 class LocalEnv(BuildEnv):
@@ -87,7 +96,8 @@ class LocalManager:
         self.services = services
 
     def open(self, settings: LocalSettings, workspace: Path, test: TestInfo) -> LocalEnv:
-        return LocalEnv(workspace, environment=settings.environment, timeout=settings.timeout)
+        caches = {name.upper(): str(cache_dir(name)) for name in settings.caches}
+        return LocalEnv(workspace, environment={**caches, **settings.environment}, timeout=settings.timeout)
 
     def close(self, env: BuildEnv) -> None:
         env.close()
