@@ -11,6 +11,8 @@ pytest_plugins = ["pytester"]
 # Made by .ci/base-images without any registry.
 BUSYBOX = os.environ.get("BUILDENV_TEST_BUSYBOX", "buildenv-test/busybox:1")
 GCC = os.environ.get("BUILDENV_TEST_GCC", "buildenv-test/gcc:1")
+# The examples build on Debian's image; here, with no registry, on the suite's own Debian image.
+os.environ.setdefault("BUILDENV_EXAMPLE_BASE", GCC)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 from collections.abc import Mapping
 
+from .errors import BuildEnvError
 from .registry import Registry
 
 
@@ -23,9 +24,19 @@ def run_doctor(kinds_text: str = "", write: Callable[[str], None] = print,
         write(f"{kind:9} {'available' if check.ok else 'unavailable'}: {check.detail}")
         if check.fix and not check.ok:
             write(f"{'':9} fix: {check.fix}")
+        inventory = registry.spec(kind).inventory
+        if check.ok and inventory is not None:
+            write(f"{'':9} {_quietly(inventory)}")
         if kind in required and not check.ok:
             failed.append(kind)
     if failed:
         write(f"required but unavailable: {', '.join(failed)}")
         return 1
     return 0
+
+
+def _quietly(inventory: Callable[[], str]) -> str:
+    try:
+        return inventory()
+    except (BuildEnvError, OSError, RuntimeError) as exc:  # docker's APIError is a RuntimeError too
+        return f"(could not be listed: {str(exc).splitlines()[0][:160]})"

@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
 from collections.abc import Iterator, Mapping, Sequence
-from typing import ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 from .errors import BuildCommandError, BuildEnvError, CommandTimeout, ConfigError
 from .result import Artifact, FileInfo, Result, Transcript
@@ -84,6 +84,7 @@ class BuildEnv(ABC):
         self.default_timeout = timeout
         self.transcript = Transcript()
         self.killed_by = ""  # set by _execute when it knows what killed the command (e.g. the OOM killer)
+        self._host: Any = None
 
     # --- running ---------------------------------------------------------
     def run(self, cmd: Command, check: bool = False, env: Optional[Mapping[str, str]] = None,
@@ -137,6 +138,16 @@ class BuildEnv(ABC):
         if path is None:
             return self.workdir
         return self.workdir / path  # an absolute `path` replaces workdir, as with pathlib
+
+    @property
+    def host(self) -> Any:
+        """A testinfra Host bound to this environment: `env.host.package("gcc").is_installed`,
+        `env.host.user().uid`, `env.host.socket("tcp://0.0.0.0:80").is_listening` (extra `testinfra`)."""
+        if self._host is None:
+            from .testinfra_host import host_for
+
+            self._host = host_for(self)
+        return self._host
 
     # --- files -----------------------------------------------------------
     def host_path(self, path: Union[str, PurePosixPath]) -> Optional[Path]:

@@ -147,6 +147,7 @@ class KindSpec:
     manager: Callable[[Services], Manager]
     check: Callable[[Mapping[str, Any]], Check]  # given the kind's defaults (e.g. kind_bin)
     leftovers: Optional[Finder] = None  # labelled resources of a session (None: all sessions)
+    inventory: Optional[Callable[[], str]] = None  # for doctor: what the kind's caches hold, and their size
 
 
 class Services:

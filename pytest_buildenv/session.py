@@ -171,8 +171,9 @@ class BuildEnvSession:
 
         remove_session_state(self.owner.session)  # first: our own state directory is not a leftover to report
         notes = len(self.end_notes)
-        self.findings_at_end = self._reap(session=self.owner.session, force=True)
-        left = self._reap(session=self.owner.session, force=True, dry_run=True)
+        # Caches (provisioned snapshots, cache volumes) are kept on purpose: neither swept nor left behind.
+        self.findings_at_end = [f for f in self._reap(session=self.owner.session, force=True) if f.action == "remove"]
+        left = [f for f in self._reap(session=self.owner.session, force=True, dry_run=True) if f.action == "remove"]
         self.left_behind = len(left) if len(self.end_notes) == notes else None
 
     def _reap(self, **options: Any) -> list[Finding]:

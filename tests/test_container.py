@@ -133,3 +133,9 @@ def test_get_refuses_a_link_that_escapes_the_destination(builder_container, tmp_
     assert not (tmp_path / "dest" / "etc").exists() and not (tmp_path / "etc").exists()
     builder_container.run("rm /tmp/out/evil", check=True)
     assert (builder_container.get("/tmp/out", tmp_path / "again") / "fine").read_text() == "ok\n"
+
+
+@pytest.mark.container(image=GCC)
+def test_host_package_checks(builder_container):
+    assert builder_container.host.package("gcc").is_installed
+    assert not builder_container.host.package("definitely-not-a-package").is_installed

@@ -104,3 +104,15 @@ def test_transcript_records_every_command_in_order(buildenv):
 def test_missing_executable_is_exit_127(buildenv):
     result = buildenv.run(["definitely-not-a-program"])
     assert result.exit_code == 127 and "definitely-not-a-program" in result.stderr
+
+
+def test_host_is_a_testinfra_host_bound_to_the_environment(buildenv):
+    uid = int(buildenv.run("id -u", check=True).stdout)
+    buildenv.run("mkdir -p made && echo hi > made/file", check=True)
+    host = buildenv.host
+    assert host.user().uid == uid
+    assert host.file(f"{buildenv.workdir}/made").is_directory
+    assert host.file(f"{buildenv.workdir}/made/file").content_string == "hi\n"
+    assert host.run("echo $((2 + 3))").stdout == "5\n"
+    assert host.run("exit 3").rc == 3
+    assert any("echo $((2 + 3))" in r.command for r in buildenv.transcript)  # its commands are the build's

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Optional, cast
@@ -143,7 +142,10 @@ class ImageBuilder:
         tag = f"buildenv-snapshot:{key[:20]}"
         if tag in self._present:
             return tag
-        lock = Path(tempfile.gettempdir()) / f"pytest-buildenv-snapshot-{key[:20]}.lock"
+        from ..sharing import state_root
+
+        # Per user: filelock refuses a lock file another user made (and /tmp is everyone's).
+        lock = state_root() / f"snapshot-{key[:20]}.lock"
         with FileLock(str(lock)):  # one provisioning per content on this host, however many sessions ask
             if not self.client.images.list(filters={"label": f"{LABEL_CACHE}={key}"}):
                 self._provision(base, commands, user, tag, key)

@@ -571,6 +571,18 @@ def engine_check(defaults: Mapping[str, Any]) -> Check:
     return probe()
 
 
+def caches_held() -> str:
+    """The cache volumes on the engine with their sizes (what `reap --include-cache` would remove)."""
+    from ..engine import connect
+    from ..naming import LABEL_CACHE
+
+    volumes = connect(timeout=10).api.df().get("Volumes") or []
+    caches = sorted((v["Name"][len(CACHE_VOLUME):], (v.get("UsageData") or {}).get("Size", -1))
+                    for v in volumes if LABEL_CACHE in (v.get("Labels") or {}) and v["Name"].startswith(CACHE_VOLUME))
+    listed = ", ".join(f"{name} {size // 1024} KiB" if size >= 0 else name for name, size in caches)
+    return f"caches: {listed or 'none'}"
+
+
 def engine_leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:
     from ..engine import connect
     from ..engine.resources import labelled_resources
@@ -578,4 +590,5 @@ def engine_leftovers(services: Services, session: Optional[str]) -> Iterator[Lab
     return labelled_resources(services.memo("engine.client", connect), session)
 
 
-KIND = KindSpec(settings=ContainerSettings, manager=Builders, check=engine_check, leftovers=engine_leftovers)
+KIND = KindSpec(settings=ContainerSettings, manager=Builders, check=engine_check, leftovers=engine_leftovers,
+                inventory=caches_held)

@@ -158,7 +158,9 @@ class GoldenVM:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.base_box not in installed_boxes(self.state_dir):
             raise VMError(f"base box {self.base_box!r} is not installed; vagrant box add {self.base_box} <file or URL>")
-        with FileLock(str(Path(tempfile.gettempdir()) / f"pytest-buildenv-golden-{self.hash[:16]}.lock")):
+        from ..sharing import state_root
+
+        with FileLock(str(state_root() / f"golden-{self.hash[:16]}.lock")):  # per user, as filelock wants
             if self.box not in installed_boxes(self.state_dir):
                 self._provision()
                 self.provisioned_now = True
