@@ -17,10 +17,13 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Union
 
 from .errors import BuildCommandError, BuildEnvError, CommandTimeout, ConfigError
 from .result import Artifact, FileInfo, Result, Transcript
+
+if TYPE_CHECKING:
+    from .reproduce import ReproReport
 
 Command = Union[str, Sequence[str]]
 
@@ -85,6 +88,8 @@ class BuildEnv(ABC):
         self.transcript = Transcript()
         self.killed_by = ""  # set by _execute when it knows what killed the command (e.g. the OOM killer)
         self._host: Any = None
+        # Set by the session that opened this environment: how to open (and close) a fresh one like it.
+        self.reopen: Optional[tuple[Callable[[], BuildEnv], Callable[[BuildEnv], None]]] = None
 
     # --- running ---------------------------------------------------------
     def run(self, cmd: Command, check: bool = False, env: Optional[Mapping[str, str]] = None,
@@ -148,6 +153,17 @@ class BuildEnv(ABC):
 
             self._host = host_for(self)
         return self._host
+
+    def reproduce(self, cmd: Command, artifacts: Sequence[str],
+                  vary: Sequence[str] = ("path", "time", "umask", "locale", "tz")) -> ReproReport:
+        """Run `cmd` in two fresh environments like this one, from a copy of this workdir, the second
+        with `vary` varied; compare the `artifacts` (paths relative to the build directory)."""
+        from .reproduce import reproduce
+
+        if self.reopen is None:
+            raise BuildEnvError("reproduce() needs an environment a session opened (a fixture, or BuildEnvSession.open)")
+        open_fresh, close = self.reopen
+        return reproduce(self, open_fresh, close, cmd, list(artifacts), list(vary))
 
     # --- files -----------------------------------------------------------
     def host_path(self, path: Union[str, PurePosixPath]) -> Optional[Path]:

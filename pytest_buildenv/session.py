@@ -8,6 +8,7 @@ this module names no kind.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from functools import partial
@@ -133,6 +134,13 @@ class BuildEnvSession:
         env = self.manager(kind).open(settings, workspace, TestInfo(test, self._more_tests_coming, scratch))
         self.stats.made[kind] += 1
         self.stats.setup_seconds += time.monotonic() - started
+        fresh = (workspace.parent / f"{workspace.name}-again{n}" for n in itertools.count())
+
+        def again() -> BuildEnv:  # env.reproduce() builds in fresh environments like this one
+            where = next(path for path in fresh if not path.exists())
+            where.mkdir()
+            return self.open(kind, settings, where, test, scratch)
+        env.reopen = (again, self.close)
         return env
 
     def close(self, env: BuildEnv) -> None:
