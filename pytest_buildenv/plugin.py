@@ -206,15 +206,30 @@ def _marked_kinds(node: Any, registry: Registry) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """`buildenv` runs once per enabled kind the test allows; a marked but disabled kind is a skip."""
-    if "buildenv" not in metafunc.fixturenames:
-        return
+    """`buildenv` runs once per enabled kind the test allows (a marked but disabled kind is a skip), and
+    once per variant of a matrix (image=[...]): ids [container], [container-builder:12]. A kind's own
+    fixture (builder_container, ...) runs once per variant through `buildenv_variant`."""
     bs = _session(metafunc.config)
-    kinds = _marked_kinds(metafunc.definition, bs.registry) or list(bs.selection.kinds)
-    params = [pytest.param(kind, id=kind, marks=() if bs.selection.enabled(kind)
-                           else pytest.mark.skip(reason=f"run with --buildenv={kind}"))
-              for kind in kinds]
-    metafunc.parametrize("buildenv", params, indirect=True)
+    if "buildenv" in metafunc.fixturenames:
+        kinds = _marked_kinds(metafunc.definition, bs.registry) or list(bs.selection.kinds)
+        params = [pytest.param((kind, variant), id=f"{kind}-{part}" if part else kind,
+                               marks=() if bs.selection.enabled(kind) else pytest.mark.skip(reason=f"run with --buildenv={kind}"))
+                  for kind in kinds for part, variant in _variants(metafunc, kind)]
+        metafunc.parametrize("buildenv", params, indirect=True)
+        return
+    kind = next(filter(None, map(bs.registry.kind_of_fixture, metafunc.fixturenames)), None)
+    variants = _variants(metafunc, kind) if kind is not None else []
+    if len(variants) > 1:
+        metafunc.parametrize("buildenv_variant", [pytest.param(v, id=f"{kind}-{part}") for part, v in variants],
+                             indirect=True)
+
+
+def _variants(metafunc: pytest.Metafunc, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    marker = metafunc.definition.get_closest_marker(kind)
+    try:
+        return _session(metafunc.config).variants(kind, marker.kwargs if marker else {}, metafunc.definition.path.parent)
+    except BuildEnvError:
+        return [("", {})]  # the test's setup reports it, in one line
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -239,13 +254,14 @@ def _or_fail(make: Callable[[], T]) -> T:
     pytest.fail(failure, pytrace=False)
 
 
-def _test_settings(request: pytest.FixtureRequest, kind: str) -> Any:
+def _test_settings(request: pytest.FixtureRequest, kind: str, variant: Optional[dict[str, Any]] = None) -> Any:
     marker = request.node.get_closest_marker(kind)
     return _session(request.config).settings(kind, marker.kwargs if marker else {}, request.node.path.parent,
-                                             request.node.nodeid)
+                                             request.node.nodeid, variant)
 
 
-def open_environment(request: pytest.FixtureRequest, kind: str) -> Iterator[BuildEnv]:
+def open_environment(request: pytest.FixtureRequest, kind: str,
+                     variant: Optional[dict[str, Any]] = None) -> Iterator[BuildEnv]:
     """A fresh environment of `kind` for the requesting test, closed after it (for kinds' fixtures)."""
     bs = _session(request.config)
     tmp_path: Path = request.getfixturevalue("tmp_path")
@@ -257,7 +273,7 @@ def open_environment(request: pytest.FixtureRequest, kind: str) -> Iterator[Buil
         pytest.fail(f"cannot make the workspace {workspace} ({exc.strerror}); "
                     "free space there, or point --basetemp at another filesystem", pytrace=False)
     scratch = request.getfixturevalue("tmp_path_factory").getbasetemp()
-    env = _or_fail(lambda: bs.open(kind, _test_settings(request, kind), workspace, request.node.nodeid, scratch))
+    env = _or_fail(lambda: bs.open(kind, _test_settings(request, kind, variant), workspace, request.node.nodeid, scratch))
     request.node.stash.setdefault(ENVS_KEY, []).append(env)
     try:
         yield env
@@ -266,29 +282,36 @@ def open_environment(request: pytest.FixtureRequest, kind: str) -> Iterator[Buil
 
 
 @pytest.fixture
-def buildenv(request: pytest.FixtureRequest) -> Iterator[BuildEnv]:
-    """A fresh environment of each enabled kind the test allows (ids [local], [container], ...)."""
-    yield from open_environment(request, getattr(request, "param", "local"))
+def buildenv_variant(request: pytest.FixtureRequest) -> Optional[dict[str, Any]]:
+    """This test's variant of a settings matrix (image=[...] in its marker or buildenv.yaml), if any."""
+    return getattr(request, "param", None)
 
 
 @pytest.fixture
-def builder_container(request: pytest.FixtureRequest) -> Iterator[ContainerEnv]:
+def buildenv(request: pytest.FixtureRequest) -> Iterator[BuildEnv]:
+    """A fresh environment of each enabled kind the test allows (ids [local], [container], ...)."""
+    kind, variant = getattr(request, "param", ("local", {}))
+    yield from open_environment(request, kind, variant)
+
+
+@pytest.fixture
+def builder_container(request: pytest.FixtureRequest, buildenv_variant: Optional[dict[str, Any]]) -> Iterator[ContainerEnv]:
     """A fresh builder container, workspace at /work, running as you."""
-    for env in open_environment(request, "container"):
+    for env in open_environment(request, "container", buildenv_variant):
         yield cast("ContainerEnv", env)
 
 
 @pytest.fixture
-def dind_sibling(request: pytest.FixtureRequest) -> Iterator[DindEnv]:
+def dind_sibling(request: pytest.FixtureRequest, buildenv_variant: Optional[dict[str, Any]]) -> Iterator[DindEnv]:
     """A builder holding the Docker socket; `.sibling(image)` starts containers sharing its workspace."""
-    for env in open_environment(request, "dind"):
+    for env in open_environment(request, "dind", buildenv_variant):
         yield cast("DindEnv", env)
 
 
 @pytest.fixture
-def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindCluster]:
+def kind_cluster(request: pytest.FixtureRequest, buildenv_variant: Optional[dict[str, Any]]) -> Iterator[KindCluster]:
     """The run's throwaway KIND cluster (one per distinct settings, shared by all xdist workers)."""
-    for env in open_environment(request, "kind"):
+    for env in open_environment(request, "kind", buildenv_variant):
         yield cast("KindEnv", env).cluster
 
 
@@ -302,9 +325,9 @@ def golden_vm(request: pytest.FixtureRequest) -> GoldenVM:
 
 
 @pytest.fixture
-def vm_clone(request: pytest.FixtureRequest) -> Iterator[VMClone]:
+def vm_clone(request: pytest.FixtureRequest, buildenv_variant: Optional[dict[str, Any]]) -> Iterator[VMClone]:
     """A throwaway clone of the golden VM; commands run over SSH."""
-    for env in open_environment(request, "vm"):
+    for env in open_environment(request, "vm", buildenv_variant):
         yield cast("VMClone", env)
 
 

@@ -108,12 +108,28 @@ class BuildEnvSession:
         self._failed = True
 
     # --- settings and environments ---------------------------------------
-    def settings(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path, test: str = "") -> CommonSettings:
-        """The kind's settings for a test: defaults < buildenv.yaml < the test's marker."""
+    def settings(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path, test: str = "",
+                 variant: Optional[Mapping[str, Any]] = None) -> CommonSettings:
+        """The kind's settings for a test: defaults < buildenv.yaml < the test's marker < its matrix variant."""
+        layers = self._layers(kind, marker_values, test_dir, test)
+        if variant:
+            layers = [SettingsLayer({k: v for k, v in layer.values.items() if k not in variant}, layer.base_dir,
+                                    layer.source) for layer in layers]
+            layers.append(SettingsLayer(variant, test_dir, f"the matrix of {test or test_dir}"))
+        return merge(self.registry.spec(kind).settings, kind, layers)
+
+    def _layers(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path, test: str) -> list[SettingsLayer]:
         layers = [layer for layer in (self.default_layers.get(kind), self.file_layers.get(kind)) if layer is not None]
         if marker_values:
             layers.append(SettingsLayer(marker_values, test_dir, f"@pytest.mark.{kind} of {test or test_dir}"))
-        return merge(self.registry.spec(kind).settings, kind, layers)
+        return layers
+
+    def variants(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+        """A matrix: each list given where the setting takes one value (image=["b:12", "b:13"],
+        build_args=[{...}, {...}]) multiplies the test; [(id, values)] per variant, [("", {})] for none."""
+        from .settings import matrix
+
+        return matrix(self.registry.spec(kind).settings, self._layers(kind, marker_values, test_dir, ""))
 
     def manager(self, kind: str) -> Manager:
         """The kind's manager for this process, made (cheaply: it starts nothing) on first use."""

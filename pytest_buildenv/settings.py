@@ -13,6 +13,7 @@ the test file's directory for a marker.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import typing
 from collections.abc import Mapping
@@ -98,8 +99,10 @@ def load_config_file(path: Path, registry: Registry) -> dict[str, SettingsLayer]
             raise ConfigError(f"{path}: unknown section {kind!r}; sections are {', '.join(registry.names)}")
         if not isinstance(values or {}, dict):
             raise ConfigError(f"{path}: section {kind!r} must be a mapping of settings")
-        layers[kind] = SettingsLayer(values or {}, path.parent, f"{path.name} section {kind!r}")
-        merge(registry.spec(kind).settings, kind, [layers[kind]])  # every key and value checked now, not mid-run
+        layer = layers[kind] = SettingsLayer(values or {}, path.parent, f"{path.name} section {kind!r}")
+        cls = registry.spec(kind).settings
+        for _, variant in matrix(cls, [layer]):  # every key and value (of each variant) checked now, not mid-run
+            merge(cls, kind, [SettingsLayer({**layer.values, **variant}, layer.base_dir, layer.source)])
     return layers
 
 
@@ -120,6 +123,40 @@ def _failure(layer: SettingsLayer, key: str, value: Any) -> Fail:
     def fail(what: str) -> ConfigError:
         return ConfigError(f"{layer.source}: {key}={value!r} is not valid; {key} takes {what}")
     return fail
+
+
+def matrix(cls: type[CommonSettings], layers: list[SettingsLayer]) -> list[tuple[str, dict[str, Any]]]:
+    """The variants the layers ask for: the strongest layer naming a key decides whether it is a list
+    of alternatives (a list where the field takes one value). [(test id part, values)]; [("", {})]: one."""
+    hints = typing.get_type_hints(cls)
+    axes: dict[str, list[tuple[str, Any]]] = {}
+    for layer in layers:
+        for key, value in layer.values.items():
+            axes.pop(key, None)
+            if isinstance(value, list) and key in hints and not _takes_many(hints[key]):
+                axes[key] = [(_variant_id(v), _absolute(v, hints[key], layer.base_dir)) for v in value]
+    if not axes:
+        return [("", {})]
+    keys = list(axes)
+    return [("-".join(part for part, _ in combo), {k: v for k, (_, v) in zip(keys, combo)})
+            for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def _takes_many(hint: Any) -> bool:
+    return any(typing.get_origin(h) in (tuple, list) for h in (hint, *typing.get_args(hint)))
+
+
+def _absolute(value: Any, hint: Any, base_dir: Path) -> Any:
+    """A path in a variant is resolved against the layer that named it (the variant is a layer of its own)."""
+    takes_path = hint is Path or Path in typing.get_args(hint)
+    return str((base_dir / value).resolve()) if takes_path and isinstance(value, (str, os.PathLike)) else value
+
+
+def _variant_id(value: Any) -> str:
+    """As the user wrote it: the image tag, the Dockerfile's path, NAME=value for a mapping."""
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 # --- checking one value by its field's type -------------------------------------
