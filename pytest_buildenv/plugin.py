@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 SESSION_KEY = pytest.StashKey[BuildEnvSession]()
 ENVS_KEY = pytest.StashKey[list["BuildEnv"]]()
+FAILED_KEY = pytest.StashKey[bool]()  # the test failed (setup or call): --buildenv-keep=failed keeps its environments
 T = TypeVar("T")
 
 
@@ -43,8 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("buildenv", "throwaway build environments")
     group.addoption("--buildenv", default=None, metavar="KIND[,KIND...]",
                     help=f"kinds enabled in this run: {', '.join(BUILTIN)} or auto (default: local)")
-    group.addoption("--buildenv-keep", action="store_true", default=False,
-                    help="keep every environment and print how to reach and remove it")
+    group.addoption("--buildenv-keep", nargs="?", const="all", default="", choices=("all", "failed"),
+                    help="keep every environment (all), or those of failing tests (failed), and print how to "
+                         "reach and remove them")
     group.addoption("--buildenv-artifacts", default=None, metavar="DIR",
                     help="copy a failing test's workspace and logs to DIR/<test id>/")
     builtin = Registry()
@@ -86,14 +88,14 @@ def _make_session(config: pytest.Config, registry: Registry) -> BuildEnvSession:
         session_id, session_pid = workerinput["buildenv_session"], workerinput["buildenv_session_pid"]
     else:
         session_id, session_pid = new_session_id(), os.getpid()
-    keep, artifacts = config.option.buildenv_keep, config.option.buildenv_artifacts
+    keep, artifacts = config.option.buildenv_keep or "", config.option.buildenv_artifacts
     defaults = _default_layers(config, registry)
     text, source = _selection_text(config)
     selection = parse_selection(text, source, registry.names,
                                 lambda kind: registry.available(kind, defaults[kind].values))
     return BuildEnvSession(
-        selection, Owner(session_id, keep=keep), registry=registry,
-        session_owner=Owner(session_id, pid=session_pid, keep=keep), is_session_owner=not workerinput,
+        selection, Owner(session_id, keep=bool(keep)), registry=registry, keep=keep,
+        session_owner=Owner(session_id, pid=session_pid, keep=bool(keep)), is_session_owner=not workerinput,
         file_layers=_config_file_layers(config, registry), default_layers=defaults,
         artifacts_dir=Path(artifacts).resolve() if artifacts else None,
         progress=_progress_writer(config),
@@ -278,7 +280,7 @@ def open_environment(request: pytest.FixtureRequest, kind: str,
     try:
         yield env
     finally:
-        bs.close(env)
+        bs.close(env, failed=request.node.stash.get(FAILED_KEY, False))
 
 
 @pytest.fixture
@@ -339,6 +341,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     envs = item.stash.get(ENVS_KEY, None)
     if report.failed:
         _session(item.config).test_failed()
+        item.stash[FAILED_KEY] = True
     if not envs or not report.failed or report.when == "teardown":
         return
     from .reports import SECTION, save_artifacts, transcript_text

@@ -56,11 +56,14 @@ class BuildEnvSession:
                  file_layers: Optional[dict[str, SettingsLayer]] = None,
                  default_layers: Optional[dict[str, SettingsLayer]] = None,
                  artifacts_dir: Optional[Path] = None, progress: Optional[Callable[[str], None]] = None,
-                 ini: Optional[Mapping[str, Any]] = None) -> None:
+                 ini: Optional[Mapping[str, Any]] = None, keep: str = "") -> None:
         self.registry = registry or Registry()
         self.selection = selection
         self.owner = owner
         self.is_session_owner = is_session_owner
+        # --buildenv-keep: "all", "failed" (a failing test's environments), or "" (nothing); owner.keep
+        # labels what is made as kept, so that no sweep or reaper removes it without --include-kept.
+        self.keep = keep or ("all" if owner.keep else "")
         self.file_layers = file_layers or {}
         self.default_layers = default_layers or {}
         self.artifacts_dir = artifacts_dir
@@ -159,9 +162,9 @@ class BuildEnvSession:
         env.reopen = (again, self.close)
         return env
 
-    def close(self, env: BuildEnv) -> None:
+    def close(self, env: BuildEnv, failed: bool = False) -> None:
         started = time.monotonic()
-        if self.owner.keep:
+        if self.keep == "all" or (self.keep == "failed" and failed):
             self.stats.kept.append(self.manager(env.kind).describe_kept(env))
         else:
             self.manager(env.kind).close(env)
@@ -231,7 +234,7 @@ class BuildEnvSession:
                          f"what session {self.owner.session} left is removed by the next session "
                          "or `python -m pytest_buildenv reap`")
         if self.owner.keep:
-            lines.append("buildenv: kept (--buildenv-keep):")
+            lines.append(f"buildenv: kept (--buildenv-keep={self.keep}): {len(self.stats.kept)}")
             lines.extend(f"  {entry}" for entry in self.stats.kept)
             lines.append(f"  remove them all with: python -m pytest_buildenv reap --session {self.owner.session} --include-kept")
         return lines

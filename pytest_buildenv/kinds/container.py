@@ -549,8 +549,11 @@ class Builders:
         self.networks.release(env)
 
     def describe_kept(self, env: BuildEnv) -> str:
-        name = getattr(env, "name", "?")
-        return f"{env.kind} {name}: docker exec -it {name} sh   (workspace {env.workspace})"
+        """A shell in the builder as the test's user, in its workdir (DOCKER_HOST named when set)."""
+        assert isinstance(env, ContainerEnv)
+        engine = f"DOCKER_HOST={os.environ['DOCKER_HOST']} " if os.environ.get("DOCKER_HOST") else ""
+        return (f"{env.kind} {env.name}: {engine}docker exec -it --user {env.user.user_spec} --workdir {env.workdir} "
+                f"{env.name} sh   (workspace {env.workspace})")
 
     def finish(self, end: SessionEnd) -> None:
         """The process's end: remove the spares and holders left, and wait for every removal."""

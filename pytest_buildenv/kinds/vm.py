@@ -469,7 +469,7 @@ class Goldens:
 
     def describe_kept(self, env: BuildEnv) -> str:
         assert isinstance(env, VMClone)
-        return f"vm {env.domain}: cd {env.dir} && vagrant ssh"
+        return f"vm {env.domain}: ssh -t -F {env.ssh_config} default 'cd {env.workdir} && exec $SHELL -l'"
 
     def finish(self, end: SessionEnd) -> None:
         while self._idle:
