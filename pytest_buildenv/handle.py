@@ -119,8 +119,9 @@ class BuildEnv(ABC):
 
     @contextlib.contextmanager
     def _room(self, action: str, where: Path, partial: Optional[Path] = None) -> Iterator[None]:
-        """A full filesystem on the host is one line naming it, not an OSError traceback;
-        `partial`, what the failed copy wrote, is removed."""
+        """A full filesystem on the host is one line naming it (`where` need not exist yet: its
+        filesystem is found from its parents), not an OSError traceback; `partial`, what the failed
+        copy wrote, is removed."""
         try:
             yield
         except OSError as exc:
@@ -197,8 +198,7 @@ class BuildEnv(ABC):
         if host is not None:
             if not host.exists():
                 raise FileNotFoundError(f"get(): {source} does not exist in the {self.kind} environment")
-            with self._room(f"copying {source} to {dest}", dest.parent if dest.parent.exists() else Path.cwd(),
-                            partial=dest):
+            with self._room(f"copying {source} to {dest}", dest.parent, partial=dest):
                 copy_host(host, dest)
         else:
             self._get_outside(source, dest)

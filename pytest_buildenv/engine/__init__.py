@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import BackendUnavailable
 
@@ -67,31 +66,6 @@ def probe(timeout: int = 10) -> Check:
         return Check(False, *describe_unreachable(exc))
     client.close()
     return Check(True, f"Docker engine {version.get('Version')} (API {version.get('ApiVersion')}) reachable")
-
-
-def wait_until_up(client: docker.DockerClient, seconds: float, progress: Callable[[str], None]) -> bool:
-    """Return False if the engine answers now; else wait for it, up to `seconds`, and return True
-    once it is back (the caller then trusts nothing it knew of it), or raise BackendUnavailable."""
-    try:
-        client.ping()
-        return False
-    except Exception as exc:
-        if not is_connection_error(exc):
-            raise
-        reason = describe_unreachable(exc)[0]
-    progress(f"{reason}; waiting up to {seconds:g} s for it (ini buildenv_engine_wait)")
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        time.sleep(0.5)
-        try:
-            client.ping()
-        except Exception as exc:
-            if not is_connection_error(exc):
-                raise
-            continue
-        progress(f"Docker engine at {where()} is back after {time.monotonic() - started:.1f} s")
-        return True
-    raise not_back(seconds)
 
 
 def not_back(seconds: float) -> BackendUnavailable:

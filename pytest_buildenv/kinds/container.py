@@ -501,26 +501,32 @@ class Builders:
             return self.configure(settings, image, workspace, test, mode).start()
 
     def open(self, settings: ContainerSettings, workspace: Path, test: TestInfo) -> ContainerEnv:
-        """A builder for one test; an engine that went away (or goes away meanwhile) is waited for,
-        up to ini buildenv_engine_wait seconds, and then trusted for nothing it said before."""
-        from ..engine import engine_lost, not_back, wait_until_up, where
+        """A builder for one test. An engine that is unreachable (or goes away while the builder is made,
+        as in a daemon's shutdown, when pings still answer) is waited for, up to ini buildenv_engine_wait
+        seconds, and then trusted for nothing it said before. No ping on the way: opening is a hot path,
+        and every step of it talks to the engine anyway."""
+        from ..engine import describe_unreachable, engine_lost, not_back, where
 
         seconds = float(self.services.ini.get("buildenv_engine_wait") or 60)
-        deadline = time.monotonic() + seconds
+        outage: Optional[float] = None  # when this open found the engine gone
         while True:
             try:
-                if wait_until_up(self.client, max(0.0, deadline - time.monotonic()), self.services.progress):
-                    self.images.forget()
-                return self._open(settings, workspace, test)
+                env = self._open(settings, workspace, test)
             except Exception as exc:
                 if not engine_lost(exc):
                     raise
-                if time.monotonic() >= deadline:
+                if outage is None:
+                    outage = time.monotonic()
+                    cause = describe_unreachable(exc.__cause__ or exc)[0]
+                    self.services.progress(f"{cause}; waiting up to {seconds:g} s for it (ini buildenv_engine_wait)")
+                elif time.monotonic() - outage >= seconds:
                     raise not_back(seconds) from None
-                self.services.progress(f"the Docker engine at {where()} went away while a builder was opened; "
-                                       "waiting for it")
                 self.images.forget()
                 time.sleep(0.5)
+                continue
+            if outage is not None:
+                self.services.progress(f"Docker engine at {where()} is back after {time.monotonic() - outage:.1f} s")
+            return env
 
     def _open(self, settings: ContainerSettings, workspace: Path, test: TestInfo) -> ContainerEnv:
         """A builder for one test: a spare if one is ready, on a shared network namespace."""
