@@ -15,6 +15,16 @@ GCC = os.environ.get("BUILDENV_TEST_GCC", "buildenv-test/gcc:1")
 os.environ.setdefault("BUILDENV_EXAMPLE_BASE", GCC)
 
 
+@pytest.fixture(scope="session")
+def engine():
+    """What the suite's engine is (the one --buildenv-engine, DOCKER_HOST or the context names):
+    whom builders run as, and so which groups and owners a test can expect."""
+    from pytest_buildenv.engine import connect
+    from pytest_buildenv.engine.endpoint import describe
+
+    return describe(connect(timeout=10))
+
+
 @pytest.fixture
 def one_session_at_a_time(tmp_path_factory):
     """Tests that start sessions of their own run one at a time, whatever the xdist worker: every

@@ -24,7 +24,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     doctor.add_argument("--buildenv", default="", metavar="KIND[,KIND...]",
                         help="exit non-zero if one of these kinds is unavailable")
     doctor.add_argument("--kind-bin", default="kind", help="the kind executable to check")
+    for command in (reap, doctor):
+        command.add_argument("--engine", metavar="URL", help="the container engine (default: DOCKER_HOST, the "
+                             "Docker CLI's current context, the default socket)")
     args = parser.parse_args(argv)
+    from .engine.endpoint import choose
+
+    choose(args.engine, "--engine")
     try:
         if args.command == "reap":
             return _reap(args)

@@ -47,6 +47,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--buildenv-keep", nargs="?", const="all", default="", choices=("all", "failed"),
                     help="keep every environment (all), or those of failing tests (failed), and print how to "
                          "reach and remove them")
+    group.addoption("--buildenv-engine", default=None, metavar="URL",
+                    help="the container engine (unix://, tcp://, ssh://, or a socket's path); default: ini "
+                         "buildenv_engine, DOCKER_HOST, the Docker CLI's current context, the default socket")
+    parser.addini("buildenv_engine", "the container engine's URL (see --buildenv-engine)")
     group.addoption("--buildenv-artifacts", default=None, metavar="DIR",
                     help="copy a failing test's workspace and logs to DIR/<test id>/")
     builtin = Registry()
@@ -69,6 +73,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{kind}(**settings): needs the {kind} environment kind; keywords configure it")
     if config.option.help or config.option.version:
         return
+    from .engine.endpoint import choose
+
+    if config.option.buildenv_engine:
+        choose(config.option.buildenv_engine, "--buildenv-engine")
+    else:
+        choose(config.getini("buildenv_engine") or None, "ini buildenv_engine")
     try:
         config.stash[SESSION_KEY] = _make_session(config, registry)
     except BuildEnvError as exc:
@@ -142,9 +152,10 @@ def _session(config: pytest.Config) -> BuildEnvSession:
     return config.stash[SESSION_KEY]
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    selection = _session(config).selection
-    return f"buildenv: kinds {', '.join(selection.kinds)} (from {selection.source})"
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = _session(config)
+    selection = session.selection
+    return [f"buildenv: kinds {', '.join(selection.kinds)} (from {selection.source})", *session.header_lines()]
 
 
 # --- session start and end ---------------------------------------------------

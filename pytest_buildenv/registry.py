@@ -148,6 +148,7 @@ class KindSpec:
     check: Callable[[Mapping[str, Any]], Check]  # given the kind's defaults (e.g. kind_bin)
     leftovers: Optional[Finder] = None  # labelled resources of a session (None: all sessions)
     inventory: Optional[Callable[[], str]] = None  # for doctor: what the kind's caches hold, and their size
+    header: Optional[Callable[[], str]] = None  # for the session header: what the kind runs on (kinds may share one)
 
 
 class Services:

@@ -222,6 +222,13 @@ class BuildEnvSession:
         """Every labelled resource of the enabled kinds, whatever its session (for a suite's leak check)."""
         return [item for finder in self.registry.finders(self.selection.kinds) for item in finder(self.services, None)]
 
+    def header_lines(self) -> list[str]:
+        """What the enabled kinds run on (the container engine, once for the kinds that share it)."""
+        headers = (self.registry.spec(kind).header for kind in self.selection.kinds)
+        lines = dict.fromkeys(f"buildenv: {self._survive('describing', header, '(not answering)')}"
+                              for header in headers if header is not None)
+        return list(lines)
+
     def summary_lines(self) -> list[str]:
         made = ", ".join(f"{n} {kind}" for kind, n in sorted(self.stats.made.items())) or "none"
         left = "unknown" if self.left_behind is None else self.left_behind

@@ -1,7 +1,7 @@
 """Faults of the engine and the host: a daemon that restarts mid-run, an engine gone at the end,
 a wait that runs out, pools losing members behind the session's back, a full filesystem.
 
-The restarts happen to a Docker engine of the tests' own (.ci/fault-dockerd: its own data root,
+The restarts happen to a Docker engine of the tests' own (.ci/extra-dockerd fault: its own data root,
 exec root, socket and network namespace), which CI lets its non-root user start and stop through
 sudo, so the rest of the suite's engine is never disturbed. The full filesystem is a small tmpfs
 CI mounts at /mnt/buildenv-full.
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_session_at_a_time")
 BUSYBOX = "buildenv-test/busybox:1"
 FAULT_SOCKET = "/run/buildenv-fault/docker.sock"
 FAULT_ENGINE = f"unix://{FAULT_SOCKET}"
-CONTROL = "/usr/local/sbin/buildenv-fault-dockerd"
+CONTROL = "/usr/local/sbin/buildenv-dockerd"  # .ci/extra-dockerd
 FULL_FS = Path("/mnt/buildenv-full")  # 3 MiB
 
 
@@ -36,12 +36,12 @@ def missing(what: str) -> None:
 
 
 def control(action: str) -> None:
-    subprocess.run(["sudo", "-n", CONTROL, action], check=True, capture_output=True, timeout=120)
+    subprocess.run(["sudo", "-n", CONTROL, "fault", action], check=True, capture_output=True, timeout=120)
 
 
 @pytest.fixture
 def fault_engine():
-    if subprocess.run(["sudo", "-n", CONTROL, "status"], capture_output=True).returncode != 0:
+    if subprocess.run(["sudo", "-n", CONTROL, "fault", "status"], capture_output=True).returncode != 0:
         missing(f"the fault engine ({CONTROL}, allowed through sudo)")
     yield FAULT_ENGINE
     control("start")  # whatever the test did to it
@@ -135,9 +135,9 @@ def test_engine_gone_at_the_end_a_wait_that_runs_out_and_a_later_reap(fault_engi
     go.touch()
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 1 and outcomes(out) == {"passed": 1, "error": 1}, out  # the tests' status
-    assert f"the Docker engine at {fault_engine} did not answer within 3 s; start it, or raise ini " \
+    assert f"the container engine at {fault_engine} did not answer within 3 s; start it, or raise ini " \
            "buildenv_engine_wait" in out, out
-    assert f"[buildenv] Docker daemon unreachable at {fault_engine} (" in out and "waiting up to 3 s for it" in out, out
+    assert f"[buildenv] container engine unreachable at {fault_engine}, from DOCKER_HOST (" in out and "waiting up to 3 s for it" in out, out
     assert "could not finish cleanly" in out and "python -m pytest_buildenv reap" in out, out
     assert "Traceback" not in out and "INTERNALERROR" not in out, out
     control("start")

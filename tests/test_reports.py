@@ -66,7 +66,7 @@ def test_doctor_with_daemon_up_and_pointing_nowhere():
     down = subprocess.run([sys.executable, "-m", "pytest_buildenv", "doctor", "--buildenv=container"],
                           capture_output=True, text=True, env={**os.environ, "DOCKER_HOST": "unix:///nowhere.sock"})
     assert down.returncode == 1
-    assert "container unavailable: Docker daemon unreachable at unix:///nowhere.sock" in down.stdout
+    assert "container unavailable: container engine unreachable at unix:///nowhere.sock, from DOCKER_HOST" in down.stdout
     assert "fix: fix or unset DOCKER_HOST" in down.stdout
     assert down.stdout.splitlines()[-1] == "required but unavailable: container"
 

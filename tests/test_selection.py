@@ -90,7 +90,7 @@ def test_explicit_kind_without_daemon_is_an_error_not_a_skip(project, monkeypatc
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if line.strip()]
     assert len(errors) == 1
-    assert errors[0].startswith("ERROR: Docker daemon unreachable at unix:///nonexistent/docker.sock")
+    assert errors[0].startswith("ERROR: container engine unreachable at unix:///nonexistent/docker.sock, from DOCKER_HOST")
     assert "fix or unset DOCKER_HOST" in errors[0]
 
 

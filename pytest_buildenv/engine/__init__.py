@@ -10,7 +10,7 @@ finding labelled resources for the reaper (resources.py).
 from __future__ import annotations
 
 import contextlib
-import os
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -23,29 +23,31 @@ if TYPE_CHECKING:
 
 
 def where() -> str:
-    """The engine's address, as the docker SDK picks it."""
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    """The engine's address (see endpoint.py for how it is chosen)."""
+    from .endpoint import current
+
+    return current().url
 
 
 def describe_unreachable(exc: BaseException) -> tuple[str, str]:
     """(cause, remedy): where we looked for the daemon, why it failed, what fixes it."""
-    text = str(exc)
+    from .endpoint import current
+
+    text, endpoint = str(exc), current()
     if "Permission denied" in text or "PermissionError" in text:
         remedy = "add your user to the socket's group (usermod -aG docker $USER) and log in again"
-    elif os.environ.get("DOCKER_HOST"):
-        remedy = "fix or unset DOCKER_HOST, or start the daemon it names"
+    elif endpoint.default:
+        remedy = "start it (systemctl start docker, or dockerd &), or name another with --buildenv-engine or DOCKER_HOST"
     else:
-        remedy = "start it (systemctl start docker, or dockerd &) or set DOCKER_HOST"
+        remedy = f"fix or unset {endpoint.source}, or start the daemon it names"
     reason = text.splitlines()[0][:160] if text else type(exc).__name__
-    return f"Docker daemon unreachable at {where()} ({reason})", remedy
+    return f"container engine unreachable at {endpoint.url}, from {endpoint.source} ({reason})", remedy
 
 
 def connect(timeout: int = 60) -> docker.DockerClient:
     """A client that has answered a ping, or BackendUnavailable saying why not."""
-    import docker  # lazy: importing the plugin must not import docker
-
     try:
-        client = docker.from_env(timeout=timeout)
+        client = _client(timeout)
         client.ping()
     except Exception as exc:  # DockerException, requests' ConnectionError, ...
         cause, remedy = describe_unreachable(exc)
@@ -55,21 +57,31 @@ def connect(timeout: int = 60) -> docker.DockerClient:
 
 def probe(timeout: int = 10) -> Check:
     """Whether the engine answers, and what it is: for doctor and explicit selection."""
-    import docker
-
     from ..registry import Check
 
+    from .endpoint import current, describe
+
     try:
-        client = docker.from_env(timeout=timeout)
-        version = client.version()
+        client = _client(timeout)
+        info = describe(client)
     except Exception as exc:
         return Check(False, *describe_unreachable(exc))
     client.close()
-    return Check(True, f"Docker engine {version.get('Version')} (API {version.get('ApiVersion')}) reachable")
+    endpoint = current()
+    return Check(True, f"{info} at {endpoint.url} (from {endpoint.source})")
+
+
+def _client(timeout: int) -> docker.DockerClient:
+    import docker  # lazy: importing the plugin must not import docker
+
+    from .endpoint import current
+
+    url = current().url
+    return docker.DockerClient(base_url=url, timeout=timeout, use_ssh_client=url.startswith("ssh://"))
 
 
 def not_back(seconds: float) -> BackendUnavailable:
-    return BackendUnavailable(f"the Docker engine at {where()} did not answer within {seconds:g} s; "
+    return BackendUnavailable(f"the container engine at {where()} did not answer within {seconds:g} s; "
                               "start it, or raise ini buildenv_engine_wait")
 
 
@@ -94,11 +106,12 @@ def lost_during(action: str) -> Iterator[None]:
         yield
     except Exception as exc:
         gone = isinstance(exc, docker.errors.NotFound) or (
-            isinstance(exc, docker.errors.APIError) and "is not running" in str(exc))
+            isinstance(exc, docker.errors.APIError)
+            and re.search(r"is not running|exec sessions on running containers", str(exc)))
         if not (gone or is_connection_error(exc)):
             raise
         detail = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:160]
-        raise BackendUnavailable(f"Docker engine at {where()} went away during {action} ({detail}); "
+        raise BackendUnavailable(f"the container engine at {where()} went away during {action} ({detail}); "
                                  "rerun once it is up: the builder went with it") from exc
 
 

@@ -4,12 +4,13 @@ what they mount, a start under the security defaults, and removal off the critic
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Optional
 from collections.abc import Iterable, Mapping
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, BuildEnvError
 from . import daemon_errors
 
 if TYPE_CHECKING:
@@ -74,18 +75,24 @@ def wait_for_removals() -> list[BaseException]:
 def start_idle_container(client: docker.DockerClient, image: str, *, name: str, user: str, labels: dict[str, str],
                          role: str, network: Optional[str] = None, mounts: Iterable[Mount] = (),
                          group_add: Iterable[str] = (), setuid: bool = False,
-                         host: Optional[Mapping[str, Any]] = None, **create: Any) -> str:
+                         host: Optional[Mapping[str, Any]] = None, userns: Optional[str] = None, **create: Any) -> str:
     """Create and start a container idling on `sleep infinity`, under our security defaults:
     never privileged, no-new-privileges, and an init that reaps what timed-out commands leave
     (so `ps` in a test stays truthful). `role` names it in errors; `create` goes to create_container.
 
     `setuid=True` is the one exception, for provisioning a snapshot: its steps install packages,
     and package tools may switch users through setuid helpers (su, sudo), which no-new-privileges stops.
-    `host` adds host-config options: limits, and what a user put in docker_options (checked before)."""
+    `host` adds host-config options: limits, and what a user put in docker_options (checked before).
+    `userns` is the engine's user namespace mode for our containers unless given (keep-id on rootless Podman)."""
     import docker
+
+    from .endpoint import describe, run_as
 
     api = client.api
     extra = dict(host or {})
+    engine = describe(client)
+    if engine.rootless:
+        group_add = ()  # the user's other groups do not exist in a rootless engine's id space
     host_config = api.create_host_config(
         mounts=[docker.types.Mount(m.target, m.source, type=m.type, read_only=m.read_only) for m in mounts],
         group_add=list(group_add),
@@ -95,17 +102,50 @@ def start_idle_container(client: docker.DockerClient, image: str, *, name: str, 
         init=True,
         **extra,
     )
+    userns = userns or run_as(engine, 0, 0).userns
+    if userns:
+        host_config["UsernsMode"] = userns  # the SDK's HostConfig takes only "host"; the engine takes more
     with daemon_errors(f"starting a {role} from {image}"):
-        created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name, user=user,
-                                       labels=labels, host_config=host_config, detach=True, **create)
+        try:
+            created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name, user=user,
+                                           labels=labels, host_config=host_config, detach=True, **create)
+        except docker.errors.APIError as exc:
+            raise _refused(exc, role, image, "create") from exc
         try:
             api.start(created["Id"])
         except docker.errors.APIError as exc:
             api.remove_container(created["Id"], force=True, v=True)
-            raise BackendUnavailable(
-                f"{role} from {image} would not start ({_first_line(exc)}); "
-                "a builder image needs `sleep` and `sh` (busybox or coreutils)") from exc
+            raise _refused(exc, role, image, "start") from exc
     return str(created["Id"])
+
+
+def refuses_host_paths(words: str) -> bool:
+    """The engine's words for a bind mount of a path it does not have (Docker, Podman, Docker Desktop)."""
+    return bool(re.search(r"bind source path does not exist|not shared from the host|mounts denied|"
+                          r"statfs .*: no such file or directory", words, re.IGNORECASE))
+
+
+def _refused(exc: Any, role: str, image: str, step: str) -> BuildEnvError:
+    """The engine's own words first, then the remedy for what they name."""
+    import docker
+
+    from . import where
+
+    words = _first_line(exc)
+    if isinstance(exc, docker.errors.ImageNotFound) and step == "create" and "image" in words.lower():
+        return BackendUnavailable(f"{role}: the engine at {where()} has no image {image} ({words}); "
+                                  "build or pull it on that engine (docker -H ... load)")
+    if refuses_host_paths(words):
+        return BackendUnavailable(f"{role} from {image}: the engine at {where()} cannot see this machine's files "
+                                  f"({words}); leave the setting workspace unset or set it to copy, "
+                                  "and keep bind mounts (docker_options mounts, ssh_agent) for a local engine")
+    if re.search(r"\bsleep\b|executable file not found|exec format error", words):
+        remedy = "a builder image needs `sleep` and `sh` (busybox or coreutils)"
+    elif "init binary" in words:
+        remedy = "install the engine's init (catatonit for Podman, docker-init for Docker)"
+    else:
+        remedy = "the engine's words say what to fix; or name another engine with --buildenv-engine"
+    return BackendUnavailable(f"{role} from {image} would not {step}: the engine at {where()} says: {words}; {remedy}")
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:
@@ -123,4 +163,4 @@ def remove_container(client: docker.DockerClient, container_id: str) -> None:
 
 def _first_line(exc: Any) -> str:
     text = getattr(exc, "explanation", None) or str(exc)
-    return str(text).splitlines()[0][:200]
+    return str(text).splitlines()[0][:300]

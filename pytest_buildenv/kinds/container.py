@@ -24,11 +24,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
-from ..engine import lost_during
+from ..engine import lost_during, where
 from ..engine.containers import InvokingUser, Mount, schedule_removal, start_idle_container
-from ..errors import BuildEnvError, ConfigError
+from ..errors import BackendUnavailable, BuildEnvError, ConfigError
 from ..events import emit
 from ..handle import BuildEnv
 from ..naming import Owner
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..engine.hostpaths import HostPaths
     from ..engine.images import ImageBuilder
     from ..engine.netns import SharedNetworks
+    from ..engine.copied import CopiedWorkspace
     from ..engine.spares import SparePool
     from ..reaper import Labelled
 
@@ -75,6 +76,7 @@ class ContainerSettings(CommonSettings):
     pids: int = 4096  # process limit (ini buildenv_pids), so a fork bomb stays in its builder; 0: none
     caches: dict[str, str] = field(default_factory=dict)  # name -> path in the builder, kept across sessions
     docker_options: dict[str, Any] = field(default_factory=dict)  # more host-config options for the engine
+    workspace: Optional[Literal["bind", "copy"]] = None  # how /work reaches the engine; unset: bind if it sees it
 
 
 # docker_options keys the plugin sets itself, and the setting to use instead.
@@ -142,7 +144,8 @@ class ContainerEnv(BuildEnv):
                  environment: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
                  mounts: Iterable[Mount] = (), group_add: Iterable[int] = (),
                  user: Optional[InvokingUser] = None, to_host: HostPathFn = str,
-                 host_options: Optional[Mapping[str, Any]] = None, caches: Optional[Mapping[str, str]] = None) -> None:
+                 host_options: Optional[Mapping[str, Any]] = None, caches: Optional[Mapping[str, str]] = None,
+                 copy_workspace: bool = False) -> None:
         super().__init__(workspace, WORKDIR, environment=environment, timeout=timeout)
         self.client = client
         self.image = image
@@ -158,6 +161,9 @@ class ContainerEnv(BuildEnv):
         self.caches = dict(caches or {})  # name -> path: named volumes kept across sessions
         self._oom_kills = 0
         self._to_host = to_host
+        self.copy_workspace = copy_workspace  # the engine cannot see the workspace: copied in and out (engine/copied.py)
+        self.copied: Optional[CopiedWorkspace] = None
+        self.user_spec = self.user.user_spec  # as the engine needs it (see start())
         self.id = ""  # set by start()
         self._container: Optional[Container] = None
         self._closed = False
@@ -166,20 +172,45 @@ class ContainerEnv(BuildEnv):
     def start(self) -> ContainerEnv:
         """Create and start the container; idempotent."""
         if not self.id:
+            from ..engine.endpoint import describe, run_as
+
+            who = run_as(describe(self.client), self.user.uid, self.user.gid)
+            self.user_spec = who.user
             env = {"HOME": str(WORKDIR)}
-            mounts = [Mount(self._to_host(self.workspace), str(WORKDIR)), *self._identity_mounts(),
-                      *self.extra_mounts]
+            mounts = self._host_mounts()
             if self.ssh_agent:
-                mounts.append(self._ssh_agent_mount())
                 env["SSH_AUTH_SOCK"] = SSH_AGENT_TARGET
             mounts += [Mount(self._cache_volume(name), path, type="volume") for name, path in self.caches.items()]
             self.id = start_idle_container(
-                self.client, self.image, name=self.name, user=self.user.user_spec,
+                self.client, self.image, name=self.name, user=self.user_spec,
                 labels=self.owner.labels(self.kind, self.test), role="builder container", network=self.network,
-                mounts=mounts, group_add=self.user.extra_groups(self.group_add), host=self.host_options,
-                working_dir=str(WORKDIR), environment=env)
+                mounts=mounts, group_add=self.user.extra_groups(self.group_add) if who.extra_groups else (),
+                host=self.host_options, working_dir=str(WORKDIR), environment=env)
             emit("created", "container", self.name, self.owner.session, kind=self.kind)
+            if self.copy_workspace:
+                self._seed_copy()
         return self
+
+    def _host_mounts(self) -> list[Mount]:
+        """The workspace, the identity files, the ssh agent and docker_options mounts: this machine's files,
+        which only an engine that sees them can mount."""
+        if not self.copy_workspace:
+            return [Mount(self._to_host(self.workspace), str(WORKDIR)), *self._identity_mounts(),
+                    *self.extra_mounts, *([self._ssh_agent_mount()] if self.ssh_agent else [])]
+        if self.extra_mounts or self.ssh_agent:
+            raise ConfigError(f"{self.name}: the engine at {where()} cannot see this machine's files, so bind mounts "
+                              "(docker_options mounts, ssh_agent) cannot reach it; drop them, or use a local engine")
+        return []
+
+    def _seed_copy(self) -> None:
+        """The workspace and the identity files go in through the archive API."""
+        from ..engine.copied import CopiedWorkspace
+
+        uid, gid = (int(part) for part in self.user_spec.split(":"))
+        self.copied = CopiedWorkspace(self.client, self.id, self.workspace, WORKDIR, uid, gid)
+        with lost_during(f"copying the workspace into {self.name}"):
+            self.copied.seed([(PurePosixPath("/etc", name), (Path("/etc") / name).read_bytes())
+                              for name in ("passwd", "group")])
 
     def _cache_volume(self, name: str) -> str:
         """The cache's named volume, made on first use: labelled a cache (so no sweep removes it), and
@@ -202,7 +233,7 @@ class ContainerEnv(BuildEnv):
                                          labels=self.owner.labels("cache-init"), role="cache initialiser",
                                          network="none", mounts=[Mount(volume, "/cache", type="volume")])
             try:
-                exec_id = api.exec_create(chown, ["chown", self.user.user_spec, "/cache"], user="0")["Id"]
+                exec_id = api.exec_create(chown, ["chown", self.user_spec, "/cache"], user="0")["Id"]
                 api.exec_start(exec_id)
             finally:
                 remove_container(self.client, chown)
@@ -260,11 +291,42 @@ class ContainerEnv(BuildEnv):
                  timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
         if not self.id:
             raise BuildEnvError(f"{self.name} is not started; call start() first")
+        try:
+            return self._exec(argv, env, cwd, timeout, user)
+        except BackendUnavailable:
+            exited = self._exited()
+            if exited:
+                raise BackendUnavailable(exited) from None
+            raise
+
+    def _exited(self) -> str:
+        """Why the builder is not running when the engine is: its own last words (an image without
+        `sleep` exits at once, under an init that started), or "" when it cannot be asked."""
+        try:
+            state = self.client.api.inspect_container(self.id)["State"]
+            if state["Running"]:
+                return ""
+            words = self.client.api.logs(self.id, tail=3).decode("utf-8", "replace").strip().replace("\n", " | ")
+        except Exception:
+            return ""
+        # tini names the program it could not start; catatonit says "failed to exec pid1".
+        lacks_sleep = re.search(r"sleep|failed to exec pid1", words)
+        hint = ("a builder image needs `sleep` and `sh` (busybox or coreutils)" if lacks_sleep
+                else "its logs say why; docker logs shows them while it is kept (--buildenv-keep)")
+        return (f"builder container from {self.image} is not running: it exited with {state.get('ExitCode')} "
+                f"({words or 'no output'}); {hint}")
+
+    def _exec(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
+              timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
         api = self.client.api
         marker = secrets.token_hex(8)
         if timeout is not None:
             env = {**env, "BUILDENV_EXEC": marker}
         with lost_during(f"the command {argv[0]!r} in {self.name}"):
+            token = ""
+            if self.copied is not None:  # what changed on the host goes in; the wrapped exec lists the tree after
+                argv, token = self.copied.command(argv)
+                env = {**env, "BUILDENV_SYNC": token}
             exec_id = api.exec_create(self.id, argv, environment=env, workdir=str(cwd), user=user or "")["Id"]
             stream = api.exec_start(exec_id, stream=True, demux=True)
             out: list[bytes] = []
@@ -285,6 +347,8 @@ class ContainerEnv(BuildEnv):
                         self.killed_by = "its builder, killed whole: no process could start in it to end the command"
                         reader.join(10)
             exit_code = api.exec_inspect(exec_id)["ExitCode"]
+            if self.copied is not None:
+                self.copied.pull(token)
         code, stdout, stderr = (-9 if exit_code is None else int(exit_code)), _text(out), _text(err)
         if code == 126 and "executable file not found" in stdout:
             # The engine's own words, on stdout with 126; a shell (and `docker run`) says 127 on stderr.
@@ -332,12 +396,16 @@ class ContainerEnv(BuildEnv):
             return member, payload
 
     def _stat_outside(self, path: PurePosixPath) -> Optional[FileInfo]:
-        found = self._archive_member(path)
-        if found is None:
-            return None
-        member, _ = found
-        type_bits = 0o040000 if member.isdir() else 0o120000 if member.issym() else 0o100000
-        return FileInfo(mode=type_bits | member.mode, size=member.size, uid=member.uid, gid=member.gid)
+        """stat in the builder: the archive API's owners are not the builder's on every engine
+        (rootless Podman's say 0 for every file)."""
+        api = self.client.api
+        with lost_during(f"looking at {path} in {self.name}"):
+            exec_id = api.exec_create(self.id, ["stat", "-c", "%f|%s|%u|%g", str(path)], user="0")["Id"]
+            output = api.exec_start(exec_id).decode("utf-8", "replace").strip()
+            if api.exec_inspect(exec_id)["ExitCode"] != 0:
+                return None
+        mode, size, uid, gid = output.split("|")
+        return FileInfo(mode=int(mode, 16), size=int(size), uid=int(uid), gid=int(gid))
 
     def _read_outside(self, path: PurePosixPath) -> bytes:
         found = self._archive_member(path)
@@ -347,8 +415,14 @@ class ContainerEnv(BuildEnv):
 
     def _put_outside(self, src: Path, target: PurePosixPath) -> None:
         buffer = io.BytesIO()
+        uid, gid = (int(part) for part in self.user_spec.split(":"))
+
+        def as_builder(info: tarfile.TarInfo) -> tarfile.TarInfo:  # the builder's user owns what it is given
+            info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+            return info
+
         with tarfile.open(fileobj=buffer, mode="w", dereference=True) as archive:
-            archive.add(str(src), arcname=target.name)
+            archive.add(str(src), arcname=target.name, filter=as_builder)
         if not self.client.api.put_archive(self.id, str(target.parent), buffer.getvalue()):
             raise FileNotFoundError(f"put(): {target.parent} does not exist in {self.name}")
 
@@ -395,7 +469,11 @@ def extract_safely(archive: tarfile.TarFile, members: list[tarfile.TarInfo], whe
             (member.issym() or member.islnk()) and (link.is_absolute() or ".." in link.parts))
         if escapes:
             raise tarfile.TarError(f"{member.name!r}, which would land outside the destination")
-        archive.extract(member, where, set_attrs=False)
+        archive.extract(member, where, set_attrs=False)  # no chown to the archive's owners, as "data" does not
+        if member.isreg():  # but the mode and time, as "data" keeps them
+            target_path = where / member.name
+            os.chmod(target_path, (member.mode & 0o755) | 0o600)
+            os.utime(target_path, (member.mtime, member.mtime))
 
 
 def _drain(stream: Iterable[tuple[Optional[bytes], Optional[bytes]]], out: list[bytes], err: list[bytes]) -> None:
@@ -448,8 +526,12 @@ class Builders:
     def networks(self) -> SharedNetworks:
         from ..engine.netns import SharedNetworks
 
-        # Off with --buildenv-keep: a kept builder must keep its network after the session.
-        enabled = bool(self.services.ini.get("buildenv_share_network", True)) and not self.services.owner.keep
+        from ..engine.endpoint import describe
+
+        # Off with --buildenv-keep: a kept builder must keep its network after the session. Off on rootless
+        # engines: each builder has a user namespace of its own, and cannot mount /sys in another's network.
+        enabled = (bool(self.services.ini.get("buildenv_share_network", True)) and not self.services.owner.keep
+                   and not describe(self.client).rootless)
         return self.services.memo("engine.networks", lambda: SharedNetworks(
             self.client, self.services.owner, InvokingUser(), enabled=enabled))
 
@@ -482,10 +564,25 @@ class Builders:
                   network: Optional[str]) -> ContainerEnv:
         """A builder for these settings, not started yet."""
         options, mounts = host_options(settings, self.host_paths.to_host)
+        copy = settings.workspace == "copy" or (settings.workspace is None and not self.engine_sees(workspace, image))
         return self.env_class(self.client, image, workspace, self.services.owner, test=test, network=network,
                               ssh_agent=settings.ssh_agent, to_host=self.host_paths.to_host,
                               environment=settings.environment, timeout=settings.timeout,
-                              host_options=options, mounts=mounts, caches=settings.caches)
+                              host_options=options, mounts=mounts, caches=settings.caches, copy_workspace=copy)
+
+    def engine_sees(self, workspace: Path, image: str) -> bool:
+        """Whether the engine sees this machine's workspaces, asked once per process (engine/copied.py)."""
+        from ..engine.copied import engine_sees
+
+        def ask() -> bool:
+            sees = engine_sees(self.client, workspace.parent, image, self.services.owner.labels("probe"),
+                               self.host_paths.to_host)
+            if not sees:
+                self.services.notices.append(f"the engine at {where()} cannot see this machine's files: "
+                                             "workspaces were copied in and out of builders (workspace: copy)")
+            return sees
+
+        return self.services.memo("engine.sees_workspaces", ask)
 
     def _start(self, settings: ContainerSettings, image: str, workspace: Path, test: str) -> ContainerEnv:
         """Started on a shared network namespace when one can be had."""
@@ -525,7 +622,7 @@ class Builders:
                 time.sleep(0.5)
                 continue
             if outage is not None:
-                self.services.progress(f"Docker engine at {where()} is back after {time.monotonic() - outage:.1f} s")
+                self.services.progress(f"the container engine at {where()} is back after {time.monotonic() - outage:.1f} s")
             return env
 
     def _open(self, settings: ContainerSettings, workspace: Path, test: TestInfo) -> ContainerEnv:
@@ -556,9 +653,12 @@ class Builders:
 
     def describe_kept(self, env: BuildEnv) -> str:
         """A shell in the builder as the test's user, in its workdir (DOCKER_HOST named when set)."""
+        from ..engine.endpoint import current
+
         assert isinstance(env, ContainerEnv)
-        engine = f"DOCKER_HOST={os.environ['DOCKER_HOST']} " if os.environ.get("DOCKER_HOST") else ""
-        return (f"{env.kind} {env.name}: {engine}docker exec -it --user {env.user.user_spec} --workdir {env.workdir} "
+        endpoint = current()
+        engine = "" if endpoint.default else f"DOCKER_HOST={endpoint.url} "
+        return (f"{env.kind} {env.name}: {engine}docker exec -it --user {env.user_spec} --workdir {env.workdir} "
                 f"{env.name} sh   (workspace {env.workspace})")
 
     def finish(self, end: SessionEnd) -> None:
@@ -578,6 +678,16 @@ def engine_check(defaults: Mapping[str, Any]) -> Check:
     from ..engine import probe
 
     return probe()
+
+
+def engine_header() -> str:
+    """Which engine, what it is, and how workspaces reach it."""
+    from ..engine import connect
+    from ..engine.endpoint import current, describe
+
+    endpoint = current()
+    return (f"engine {describe(connect(timeout=10))} at {endpoint.url} (from {endpoint.source}); workspaces "
+            "bind-mounted if it sees them, else copied in and out (setting workspace: bind|copy)")
 
 
 def caches_held() -> str:
@@ -600,4 +710,4 @@ def engine_leftovers(services: Services, session: Optional[str]) -> Iterator[Lab
 
 
 KIND = KindSpec(settings=ContainerSettings, manager=Builders, check=engine_check, leftovers=engine_leftovers,
-                inventory=caches_held)
+                inventory=caches_held, header=engine_header)

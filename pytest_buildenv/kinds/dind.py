@@ -9,29 +9,33 @@ The manager is the container kind's, making DindEnv builders.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from collections.abc import Mapping
-from urllib.parse import urlparse
 
+from ..engine import where
 from ..engine.containers import Mount
 from ..errors import BackendUnavailable
 from ..handle import Command
 from ..registry import Check, KindSpec, Services
-from .container import Builders, ContainerEnv, ContainerSettings, engine_check, engine_leftovers
+from .container import Builders, ContainerEnv, ContainerSettings, engine_check, engine_header, engine_leftovers
+
+if TYPE_CHECKING:
+    import docker
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
 def docker_socket() -> Path:
-    """The engine's unix socket on this machine, as DOCKER_HOST names it."""
-    host = os.environ.get("DOCKER_HOST", f"unix://{DEFAULT_SOCKET}")
-    parsed = urlparse(host)
-    if parsed.scheme != "unix":
-        raise BackendUnavailable(f"dind needs a unix-socket Docker engine, DOCKER_HOST is {host}; "
-                                 "point DOCKER_HOST at a local socket")
-    return Path(parsed.path)
+    """The engine's unix socket on this machine (Docker's, or rootful Podman's, which speaks the same API)."""
+    from ..engine.endpoint import current
+
+    endpoint = current()
+    if endpoint.socket is None:
+        raise BackendUnavailable(f"dind mounts the engine's socket into the builder, and the engine at {endpoint.url} "
+                                 f"(from {endpoint.source}) has none on this machine; use a local engine's socket "
+                                 "(--buildenv-engine unix:///...)")
+    return endpoint.socket
 
 
 class DindEnv(ContainerEnv):
@@ -41,6 +45,11 @@ class DindEnv(ContainerEnv):
     def start(self) -> DindEnv:
         """Start with the engine's socket mounted and its group added, so a non-root builder may use it."""
         if not self.id:
+            if self.copy_workspace:
+                raise BackendUnavailable(f"dind: the engine at {where()} cannot see this machine's files, and the "
+                                         "siblings a dind builder starts mount the workspace by its path; "
+                                         "use a local engine for dind")
+            refuse_rootless(self.client)
             socket = docker_socket()
             self.extra_mounts.append(Mount(self._to_host(socket), DEFAULT_SOCKET))
             self.group_add.append(socket.stat().st_gid)
@@ -73,14 +82,28 @@ class DindEnv(ContainerEnv):
         super().close()
 
 
+def refuse_rootless(client: docker.DockerClient) -> None:
+    from ..engine.endpoint import describe
+
+    engine = describe(client)
+    if engine.rootless:
+        raise BackendUnavailable(f"dind on {engine} at {where()}: the containers a builder starts with `docker run` "
+                                 "get the engine's user namespace, not the builder's, and cannot write the workspace; "
+                                 "use a rootful engine for dind (Docker, or rootful Podman's socket)")
+
+
 def check(defaults: Mapping[str, Any]) -> Check:
+    from ..engine import connect
+
     engine = engine_check(defaults)
     if not engine.ok:
         return engine
     try:
+        refuse_rootless(connect(timeout=10))
         sock = docker_socket()
     except BackendUnavailable as exc:
-        return Check(False, str(exc).split(";")[0], "point DOCKER_HOST at a local unix socket")
+        detail, _, fix = str(exc).partition("; ")
+        return Check(False, detail, fix)
     return Check(True, f"socket {sock} (group id {sock.stat().st_gid}) is mounted into dind builders only, "
                        "with that group added")
 
@@ -89,4 +112,5 @@ def _manager(services: Services) -> Builders:
     return Builders(services, DindEnv)
 
 
-KIND = KindSpec(settings=ContainerSettings, manager=_manager, check=check, leftovers=engine_leftovers)
+KIND = KindSpec(settings=ContainerSettings, manager=_manager, check=check, leftovers=engine_leftovers,
+                header=engine_header)
