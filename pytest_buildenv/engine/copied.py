@@ -10,6 +10,7 @@ microsecond), so no clock is shared between the machines.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
@@ -17,10 +18,9 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..errors import BuildEnvError
 
@@ -32,15 +32,11 @@ WHOLE_TREE_FROM = 16  # more changed files than this come back as one archive of
 Signature = tuple[str, int, int, int]  # type, permissions, size, mtime in microseconds
 # Every entry under the workdir: type|permissions (octal)|size|mtime (to the nanosecond)|path.
 # GNU's and busybox's stat both print this; find and stat are in every builder image we take.
-_LIST = "find {root} -exec stat -c '%F|%a|%s|%y|%n' {{}} +"
+_LIST = "find {root} -exec stat -c '%F|%a|%s|%y|%n' {{}} + 2>/dev/null"
+# Deletions from the host first; after the command its listing goes to stderr behind a token line,
+# which the caller cuts off (one exec does it all: the archive API costs ~40 ms a call on Docker).
 _WRAP = ('S={sync}; if [ -s $S/delete ]; then while IFS= read -r p; do rm -rf "{root}/$p"; done < $S/delete; '
-         ': > $S/delete; fi; "$@"; rc=$?; {{ echo "$BUILDENV_SYNC"; ' + _LIST + '; }} > $S/list.new 2>/dev/null; '
-         'mv -f $S/list.new $S/list; exit $rc')
-
-
-@dataclass
-class _Listing:
-    entries: dict[str, Signature]
+         ': > $S/delete; fi; "$@"; rc=$?; {{ printf "\\n%s\\n" "$BUILDENV_SYNC"; ' + _LIST + '; }} >&2; exit $rc')
 
 
 class CopiedWorkspace:
@@ -114,9 +110,15 @@ class CopiedWorkspace:
             raise BuildEnvError(f"the engine refused to copy the workspace into {self.container}")
 
     # --- out -----------------------------------------------------------------
-    def pull(self, token: str) -> None:
-        """Bring back what the command changed: its listing against the last one."""
-        listing = self._listing(token)
+    def pull(self, token: str, stderr: str) -> str:
+        """Bring back what the command changed (its listing, behind `token` on its stderr, against the
+        last one); returns the command's own stderr."""
+        stderr, found, text = stderr.rpartition(f"\n{token}\n")
+        if not found:  # killed before it listed the tree: list it now
+            stderr = text
+            run = self.api.exec_create(self.container, ["sh", "-c", _LIST.format(root=self.root)], user="0")["Id"]
+            text = self.api.exec_start(run).decode("utf-8", "replace")
+        listing = self._parse(text)
         changed = [p for p, s in listing.items() if self.in_builder.get(p) != s]
         removed = sorted(set(self.in_builder) - set(listing), reverse=True)  # children before parents
         for rel in removed:
@@ -139,6 +141,7 @@ class CopiedWorkspace:
                 self._fetch(self.root / rel, (self.workspace / rel).parent)
         self.in_builder = listing
         self.on_host = self._scan()
+        return stderr
 
     def _links(self, links: list[str]) -> None:
         """Symbolic links are remade from readlink: an archive of one link is its target's content on Podman."""
@@ -154,31 +157,14 @@ class CopiedWorkspace:
                 path.unlink()
             path.symlink_to(target)
 
-    def _listing(self, token: str) -> dict[str, Signature]:
-        """The listing the command's exec wrote, or (when it was killed first) one made now."""
-        text = self._read(SYNC / "list")
-        if not text.startswith(token + "\n"):
-            run = self.api.exec_create(self.container, ["sh", "-c", _LIST.format(root=self.root)], user="0")["Id"]
-            text = token + "\n" + self.api.exec_start(run).decode("utf-8", "replace")
+    def _parse(self, text: str) -> dict[str, Signature]:
         entries: dict[str, Signature] = {}
         prefix = f"{self.root}/"
-        for line in text.splitlines()[1:]:
+        for line in text.splitlines():
             kind, mode, size, mtime, name = (line.split("|", 4) + [""] * 5)[:5]
             if name.startswith(prefix):
                 entries[name[len(prefix):]] = _signature(kind, int(mode or "0", 8), int(size or 0), _microseconds(mtime))
         return entries
-
-    def _read(self, path: PurePosixPath) -> str:
-        import docker
-
-        try:
-            stream, _ = self.api.get_archive(self.container, str(path))
-        except docker.errors.NotFound:
-            return ""
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
-            member = archive.next()
-            data = archive.extractfile(member) if member is not None and member.isfile() else None
-            return data.read().decode("utf-8", "replace") if data is not None else ""
 
     def _fetch(self, source: PurePosixPath, into: Path, only: frozenset[str] | set[str] | None = None) -> None:
         from ..kinds.container import extract_safely
@@ -225,13 +211,18 @@ def _signature(kind: str, mode: int, size: int, mtime_us: int) -> Signature:
 
 def _microseconds(text: str) -> int:
     """stat's %y ("2026-11-29 02:04:39.922844304 +0000") as microseconds since the epoch."""
+    whole, _, rest = text.partition(".")
+    fraction, _, zone = rest.partition(" ")
+    seconds = _epoch(whole, zone)
+    return -1 if seconds is None else seconds * 1_000_000 + int((fraction + "000000")[:6] or 0)
+
+
+@functools.lru_cache(maxsize=4096)  # a build's files share a few seconds: parse each once
+def _epoch(whole: str, zone: str) -> Optional[int]:
     try:
-        date, clock, zone = text.split(" ")
-        whole, _, fraction = clock.partition(".")
-        moment = datetime.strptime(f"{date} {whole} {zone}", "%Y-%m-%d %H:%M:%S %z")
-        return int(moment.timestamp()) * 1_000_000 + int((fraction + "000000")[:6])
+        return int(datetime.strptime(f"{whole} {zone}", "%Y-%m-%d %H:%M:%S %z").timestamp())
     except ValueError:
-        return -1  # an unreadable time: treated as changed
+        return None  # an unreadable time: treated as changed
 
 
 def engine_sees(client: docker.DockerClient, directory: Path, image: str, labels: dict[str, str],

@@ -347,9 +347,10 @@ class ContainerEnv(BuildEnv):
                         self.killed_by = "its builder, killed whole: no process could start in it to end the command"
                         reader.join(10)
             exit_code = api.exec_inspect(exec_id)["ExitCode"]
-            if self.copied is not None:
-                self.copied.pull(token)
-        code, stdout, stderr = (-9 if exit_code is None else int(exit_code)), _text(out), _text(err)
+            stderr = _text(err)
+            if self.copied is not None:  # the listing follows the command's own stderr
+                stderr = self.copied.pull(token, stderr)
+        code, stdout = (-9 if exit_code is None else int(exit_code)), _text(out)
         if code == 126 and "executable file not found" in stdout:
             # The engine's own words, on stdout with 126; a shell (and `docker run`) says 127 on stderr.
             return 127, "", stdout.strip() + "\n", timed_out
