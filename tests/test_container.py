@@ -41,10 +41,15 @@ def test_runs_as_invoking_uid_gid_with_all_supplementary_groups(builder_containe
     assert {int(g) for g in ids[2].split()} == groups
 
 
-def test_passwd_and_group_are_the_hosts_and_read_only(builder_container):
+def builder_ids(engine) -> tuple[int, int]:
+    """Whom builders run as: the invoking user, or root on rootless Docker, where root is the user outside."""
+    return (0, 0) if engine.rootless and engine.product == "Docker" else (os.getuid(), os.getgid())
+
+
+def test_passwd_and_group_are_the_hosts_and_read_only(builder_container, engine):
     import pwd
 
-    name = pwd.getpwuid(os.getuid()).pw_name
+    name = pwd.getpwuid(builder_ids(engine)[0]).pw_name
     assert builder_container.run("id -un", check=True).stdout.strip() == name
     if builder_container.copied is not None:  # an engine elsewhere: the host's files are copied in, root's
         assert builder_container.artifact("/etc/passwd").read_text() == Path("/etc/passwd").read_text()
@@ -63,7 +68,7 @@ def test_home_and_workdir_are_work(builder_container):
     assert (builder_container.workspace / "made-inside").read_text() == "data\n"
 
 
-def test_put_get_binary_inside_and_outside_workspace(builder_container, tmp_path):
+def test_put_get_binary_inside_and_outside_workspace(builder_container, tmp_path, engine):
     payload = os.urandom(300_000)
     src = tmp_path / "blob.bin"
     src.write_bytes(payload)
@@ -71,16 +76,17 @@ def test_put_get_binary_inside_and_outside_workspace(builder_container, tmp_path
     for where in ("blob.bin", "/tmp/blob.bin"):
         builder_container.put(src, where)
         art = builder_container.artifact(where)
-        assert art.size == len(payload) and art.sha256 == digest and art.uid == os.getuid()
+        owner = os.getuid() if where == "blob.bin" else builder_ids(engine)[0]  # the host's file, or the builder's
+        assert art.size == len(payload) and art.sha256 == digest and art.uid == owner
         assert builder_container.run(["sha256sum", where], check=True).stdout.split()[0] == digest
         back = builder_container.get(where, tmp_path / "back" / where.strip("/").replace("/", "_"))
         assert back.read_bytes() == payload
 
 
-def test_artifact_outside_workspace_reports_mode(builder_container):
+def test_artifact_outside_workspace_reports_mode(builder_container, engine):
     builder_container.run("mkdir -p /tmp/out && printf abc > /tmp/out/tool && chmod 750 /tmp/out/tool", check=True)
     art = builder_container.artifact("/tmp/out/tool")
-    assert (art.mode, art.executable, art.read_text(), art.uid) == (0o750, True, "abc", os.getuid())
+    assert (art.mode, art.executable, art.read_text(), art.uid) == (0o750, True, "abc", builder_ids(engine)[0])
     assert not builder_container.artifact("/tmp/out/none").exists
 
 
