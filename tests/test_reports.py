@@ -59,7 +59,7 @@ def test_doctor_with_daemon_up_and_pointing_nowhere():
     assert up.returncode == 0, up.stdout
     lines = up.stdout.splitlines()
     assert lines[0].startswith("local     available")
-    assert lines[1].startswith("container available: Docker engine ")
+    assert lines[1].startswith("container available: Docker ") and "(from the default socket)" in lines[1]
     assert any(line.startswith("kind      unavailable") for line in lines)
     import os
 

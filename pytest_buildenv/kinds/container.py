@@ -669,6 +669,7 @@ class Builders:
         spares, networks = self.services.existing("engine.spares"), self.services.existing("engine.networks")
         if spares is not None:
             spares.drain()
+        wait_for_removals()  # the builders first: Podman refuses to remove a holder whose namespace one still uses
         if networks is not None:
             networks.close()
         wait_for_removals()
