@@ -1,7 +1,14 @@
-"""The KIND kind against a CONTRACT FAKE of the kind CLI (tests/fakes/kind) and a FAKE API server.
+"""The KIND kind on the real kind CLI (Debian's kind 0.33), nodes from an offline FAKE NODE image.
 
-Real node containers carrying kind's labels, a real kubeconfig, real processes;
-no Kubernetes. tests/test_kind_real.py runs the same flow on a real cluster.
+kind runs for real: it starts node containers (kind's Podman provider here: Docker on these
+machines refuses privileged containers), waits for them, runs kubeadm, kubectl, ctr and crictl in
+them, writes the kubeconfig, loads images, exports logs, deletes. What runs *inside* a node is fake
+(tests/fakes/kind_node, built by .ci/kind-node-image): no Kubernetes, but a FAKE API server behind
+kind's published port, so the kubeconfig kind writes works with the kubernetes client.
+The CI stage: KIND_EXPERIMENTAL_PROVIDER=podman, DOCKER_HOST at rootful Podman's socket (where
+kind's nodes live), --buildenv=kind --kind-bin=<Debian's kind> --kind-image=<the node image>, as
+root (kind's rootless Podman needs cgroup v2; these machines have v1).
+tests/test_kind_real.py runs a real cluster (real node image, helm) where one can be had.
 """
 
 from __future__ import annotations
@@ -19,25 +26,39 @@ import pytest
 import yaml
 
 from pytest_buildenv import ClusterError, ConfigError
-from pytest_buildenv.kinds.kind import KindCluster
 from pytest_buildenv.events import read as read_events
+from pytest_buildenv.kinds.kind import KindCluster
 from pytest_buildenv.naming import KIND_CLUSTER_LABEL, Owner, new_session_id
 
 FAKES = Path(__file__).parent / "fakes"
-FAKE_KIND = str(FAKES / "kind")
-FAKE_KUBECTL = str(FAKES / "kubectl")
+FAKE_KUBECTL = str(FAKES / "kubectl")  # on the host: only port-forward (no kubectl binary exists here)
 sys.path.insert(0, str(FAKES))
 from fake_kube_api import FakeKubeAPI  # noqa: E402
 
-# These tests start pytest sessions of their own, and every session reaps dead owners' resources
-# when it starts: one at a time, so that the sessions they kill on purpose are reaped by the one
-# each test expects (see one_session_at_a_time in conftest.py).
-pytestmark = pytest.mark.usefixtures("one_session_at_a_time")
+# Every test here needs a kind cluster: skipped unless --buildenv=kind, an error if kind is missing then.
+# They start pytest sessions of their own, and every session reaps dead owners' resources when it
+# starts: one at a time (see one_session_at_a_time in conftest.py).
+pytestmark = [pytest.mark.kind, pytest.mark.usefixtures("one_session_at_a_time")]
+
+
+@pytest.fixture(scope="module")
+def kind_bin(pytestconfig):
+    return pytestconfig.getoption("kind_bin") or "kind"
+
+
+@pytest.fixture(scope="module")
+def node_image(pytestconfig):
+    image = pytestconfig.getoption("kind_image")
+    if not image:
+        pytest.fail("no node image: pass --kind-image (CI builds one with .ci/kind-node-image)", pytrace=False)
+    return image
 
 
 @pytest.fixture
 def client():
-    return docker.from_env()
+    from pytest_buildenv.engine import connect
+
+    return connect()  # the suite's engine: the one kind's nodes are on in the kind stage
 
 
 @pytest.fixture
@@ -46,20 +67,27 @@ def cluster_name():
 
 
 @pytest.fixture
-def make_cluster(tmp_path, client):
+def make_cluster(tmp_path, client, kind_bin, node_image):
     made = []
 
     def make(name, **kwargs):
-        cluster = KindCluster(name, tmp_path / "state", kind_bin=FAKE_KIND, kubectl_bin=FAKE_KUBECTL,
+        kwargs.setdefault("image", node_image)
+        cluster = KindCluster(name, tmp_path / "state", kind_bin=kind_bin, kubectl_bin=FAKE_KUBECTL,
                               owner=Owner(new_session_id()), client=client, **kwargs)
         made.append(cluster)
         return cluster
 
     yield make
     for cluster in made:  # whatever a test left, gone
-        for node in client.containers.list(all=True, filters={"label": f"{KIND_CLUSTER_LABEL}={cluster.name}"}):
-            node.remove(force=True)
+        subprocess.run([kind_bin, "delete", "cluster", "--name", cluster.name, "--kubeconfig", str(cluster.kubeconfig)],
+                       capture_output=True)
         cluster._unshadow()
+    for cluster in made:
+        assert nodes(client, cluster.name) == [], f"kind left nodes of {cluster.name}"
+
+
+def node_exec(client, node: str, *argv: str) -> str:
+    return client.containers.get(node).exec_run(list(argv)).output.decode()
 
 
 def nodes(client, name):
@@ -82,6 +110,8 @@ def test_create_and_delete_with_isolated_kubeconfig(make_cluster, client, cluste
     assert nodes(client, cluster_name) == []
     with pytest.raises(docker.errors.NotFound):
         client.volumes.get(f"{cluster_name}-owner")
+    left = yaml.safe_load(cluster.kubeconfig.read_text())  # kind removes the cluster's entries
+    assert not left.get("clusters") and not left.get("contexts") and not left.get("users"), left
 
 
 def test_name_clash_is_one_line_with_kinds_own_words(make_cluster, cluster_name):
@@ -94,17 +124,29 @@ def test_name_clash_is_one_line_with_kinds_own_words(make_cluster, cluster_name)
 
 
 def test_missing_node_image_shows_kinds_stderr(make_cluster, cluster_name, client):
-    with pytest.raises(ClusterError, match='failed to pull image "kindest/node:v0.0.0-absent"'):
+    with pytest.raises(ClusterError) as raised:  # no registry here: kind's pull fails
         make_cluster(cluster_name, image="kindest/node:v0.0.0-absent").create()
+    first = str(raised.value).splitlines()[0]  # the cause (podman's last words), then kind's line
+    assert first.startswith(f"kind create cluster {cluster_name} failed: Error: initializing source "), first
+    assert 'failed to pull image "docker.io/kindest/node:v0.0.0-absent"' in first
     assert nodes(client, cluster_name) == []
     with pytest.raises(docker.errors.NotFound):  # the shadow goes too when creation fails
         client.volumes.get(f"{cluster_name}-owner")
 
 
+def test_an_image_that_is_not_a_node_is_kinds_cause_first(make_cluster, cluster_name, client):
+    """busybox is no node: it has no init, so kind never sees the node come up."""
+    with pytest.raises(ClusterError) as raised:
+        make_cluster(cluster_name, image="localhost/buildenv-test/busybox:1", wait="10s").create()
+    first = str(raised.value).splitlines()[0]
+    assert first.startswith(f"kind create cluster {cluster_name} failed: ") and "ERROR" in first, first
+    assert nodes(client, cluster_name) == []
+
+
 @pytest.mark.parametrize("name", ["Upper", "under_score", "x" * 51])
 def test_invalid_names_are_refused_before_kind_runs(name, tmp_path):
     with pytest.raises(ConfigError, match="KIND cluster name"):
-        KindCluster(name, tmp_path, kind_bin=FAKE_KIND)
+        KindCluster(name, tmp_path)
 
 
 def test_invalid_configs(tmp_path):
@@ -118,23 +160,25 @@ def test_invalid_configs(tmp_path):
         KindCluster("ok", tmp_path, config=tmp_path / "absent.yaml")
 
 
-def test_load_image_lands_in_the_nodes(make_cluster, cluster_name, client):
-    cluster = make_cluster(cluster_name).create()
-    cluster.load_image("buildenv-test/busybox:1")
-    node = client.containers.get(f"{cluster_name}-control-plane")
-    listing = node.exec_run(["ls", "/var/lib/fake-kind/images"]).output.decode()
-    assert "buildenv-test_busybox_1.tar" in listing
-    with pytest.raises(ClusterError, match="'buildenv-test/absent:1' is not present locally"):
+TWO_NODES = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4",
+             "nodes": [{"role": "control-plane"}, {"role": "worker"}]}
+
+
+def test_load_image_lands_in_every_node(make_cluster, cluster_name, client):
+    cluster = make_cluster(cluster_name, config=TWO_NODES).create()
+    cluster.load_image("buildenv-test/busybox:1")  # from the session's engine, into each node's containerd
+    for node in (f"{cluster_name}-control-plane", f"{cluster_name}-worker"):
+        assert "buildenv-test/busybox:1" in node_exec(client, node, "crictl", "images"), node
+    with pytest.raises(ClusterError, match="'buildenv-test/absent:1' is not on the engine at "):
         cluster.load_image("buildenv-test/absent:1")
 
 
 def test_load_image_archive(make_cluster, cluster_name, client, tmp_path):
     cluster = make_cluster(cluster_name).create()
     archive = tmp_path / "app.tar"
-    archive.write_bytes(b"".join(client.images.get("buildenv-test/busybox:1").save(named=True)))
+    archive.write_bytes(b"".join(client.images.get("buildenv-test/gcc:1").save(named=True)))
     cluster.load_image(str(archive))
-    node = client.containers.get(f"{cluster_name}-control-plane")
-    assert "app.tar" in node.exec_run(["ls", "/var/lib/fake-kind/images"]).output.decode()
+    assert "buildenv-test/gcc:1" in node_exec(client, f"{cluster_name}-control-plane", "crictl", "images")
 
 
 def test_reuse_by_name_never_deletes(make_cluster, cluster_name, client):
@@ -151,7 +195,9 @@ def test_reuse_by_name_never_deletes(make_cluster, cluster_name, client):
 def test_export_logs(make_cluster, cluster_name, tmp_path):
     cluster = make_cluster(cluster_name).create()
     dest = cluster.export_logs(tmp_path / "logs")
-    assert (dest / f"{cluster_name}-control-plane" / "inspect.json").is_file()
+    node = dest / f"{cluster_name}-control-plane"
+    assert (node / "inspect.json").is_file() and (node / "kubernetes-version.txt").read_text().startswith("v1.")
+    assert "kubeadm init" in (node / "fake-kubeadm.log").read_text()  # the node's /var/log, as kind dumps it
 
 
 # --- the kubernetes-API helpers, against the FAKE API server -------------------
@@ -175,11 +221,30 @@ spec:
 
 
 @pytest.fixture
-def api_cluster(make_cluster, cluster_name, monkeypatch):
+def api_cluster(tmp_path):
+    """A handle whose kubeconfig points at a FAKE API server on the host, whose readiness the test steers."""
     pytest.importorskip("kubernetes")
     with FakeKubeAPI(ready_after=3) as api:
-        monkeypatch.setenv("FAKE_KIND_API_SERVER", api.url)
-        yield make_cluster(cluster_name).create(), api
+        cluster = KindCluster("fake-api", tmp_path, kubectl_bin=FAKE_KUBECTL, reuse=True)
+        cluster.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            "users": [{"name": "fake", "user": {"token": "fake"}}]}))
+        yield cluster, api
+
+
+def test_apply_and_wait_ready_through_the_kubeconfig_kind_wrote(make_cluster, cluster_name):
+    """kind's kubeconfig (TLS to its published port) reaches the node's FAKE API server."""
+    pytest.importorskip("kubernetes")
+    from kubernetes import client as k8s
+
+    cluster = make_cluster(cluster_name).create()
+    cluster.apply(MANIFEST)
+    cluster.wait_ready("deployment", "web", timeout=20, interval=0.1)
+    cluster.wait_ready("nodes", timeout=20)
+    maps = k8s.CoreV1Api(cluster.api).list_namespaced_config_map("default").items
+    assert [m.data for m in maps if m.metadata.name == "settings"] == [{"greeting": "hello"}]
 
 
 def test_apply_multi_document_then_wait_ready(api_cluster):
@@ -235,14 +300,17 @@ def test_workspace_sees_kubeconfig(buildenv, n):
 """
 
 
-def run_session(project: Path, log: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--buildenv=kind",
-                             f"--kind-bin={FAKE_KIND}", *args], cwd=project, text=True,
-                            env={**os.environ, "PYTEST_BUILDENV_EVENTS": str(log)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+@pytest.fixture
+def run_session(kind_bin, node_image):
+    def run(project: Path, log: Path, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--buildenv=kind",
+                                 f"--kind-bin={kind_bin}", f"--kind-image={node_image}", *args], cwd=project, text=True,
+                                env={**os.environ, "PYTEST_BUILDENV_EVENTS": str(log)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return run
 
 
-def test_one_cluster_per_run_under_xdist_and_unique_across_runs(tmp_path, client):
+def test_one_cluster_per_run_under_xdist_and_unique_across_runs(tmp_path, client, run_session):
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_k.py").write_text(PLUGIN_TESTS)
@@ -264,7 +332,7 @@ def test_one_cluster_per_run_under_xdist_and_unique_across_runs(tmp_path, client
         assert nodes(client, name) == []
 
 
-def test_failed_run_exports_cluster_logs_to_artifacts(tmp_path, client):
+def test_failed_run_exports_cluster_logs_to_artifacts(tmp_path, client, run_session):
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_k.py").write_text("def test_fails(kind_cluster):\n    assert False\n")
@@ -275,7 +343,7 @@ def test_failed_run_exports_cluster_logs_to_artifacts(tmp_path, client):
     assert len(exported) == 1
 
 
-def test_reaped_after_sigkill(tmp_path, client, wait_written):
+def test_reaped_after_sigkill(tmp_path, client, wait_written, run_session):
     project = tmp_path / "project"
     project.mkdir()
     ready = tmp_path / "ready"
@@ -295,8 +363,8 @@ def test_reaped_after_sigkill(tmp_path, client, wait_written):
 
 
 def test_kinds_own_error_line_leads_with_the_cause():
-    # The shape real kind prints when a node container cannot start (kind's create action wraps the
-    # provider's `docker run` error); not producible here, where no node image exists.
+    # The shape real kind prints when its Docker provider cannot start a node (these machines' Docker
+    # refuses privileged containers): kind's own words, kept as printed; the provider cannot run here.
     from pytest_buildenv.kinds.kind import _last_error
     from pytest_buildenv.result import Result
 

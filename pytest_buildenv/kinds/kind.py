@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from ..errors import ClusterError, ConfigError, tail
 from ..events import emit
 from ..handle import BuildEnv
-from ..naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_SESSION, Owner
+from ..naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_SESSION, PREFIX, Owner
 from ..registry import Check, KindSpec, Services, SessionEnd, TestInfo
 from ..result import Result
 from ..settings import CommonSettings
@@ -54,6 +54,10 @@ class KindSettings(CommonSettings):
     wait: str = "120s"
     cluster: Optional[str] = None  # reuse this existing cluster; it is then never deleted
     kind_bin: str = "kind"  # the kind executable (--kind-bin)
+
+# On the shadow volume: how its creator ran kind, for the reaper to delete the cluster the same way.
+LABEL_KIND_BIN, LABEL_PROVIDER, LABEL_KUBECONFIG = (f"{PREFIX}.{key}" for key in ("kind-bin", "kind-provider",
+                                                                                   "kubeconfig"))
 
 NAME_RE = re.compile(r"^[a-z0-9.-]+$")
 NAME_MAX = 50  # kind appends "-control-plane" to make a hostname (max 64)
@@ -88,6 +92,21 @@ def validate_config(config: Union[Path, Mapping[str, Any], None]) -> Optional[di
     return data
 
 
+def provider() -> str:
+    """kind's node provider, as kind picks it: KIND_EXPERIMENTAL_PROVIDER (podman, nerdctl), else docker."""
+    import os
+
+    return os.environ.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
+
+
+def kind_environment() -> dict[str, str]:
+    """kind drives the Docker CLI (its docker provider, `kind load docker-image`): the session's engine."""
+    from ..engine.endpoint import current
+
+    endpoint = current()
+    return {} if endpoint.default else {"DOCKER_HOST": endpoint.url}
+
+
 def _run(argv: Sequence[str], *, timeout: Optional[float] = None, env: Optional[Mapping[str, str]] = None) -> Result:
     import os
 
@@ -109,8 +128,15 @@ def _last_error(result: Result) -> str:
     errors = [line for line in lines if line.startswith("ERROR")]
     error = (errors or lines or [f"exit {result.exit_code}"])[-1]
     error = _KIND_COMMAND.sub(lambda m: f"`{' '.join(m.group(1).split()[:2])} ...`", error)
-    output = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Command Output:")]
-    return f"{output[-1]} ({error})" if output and output[-1] else error
+    # The command's output runs from "Command Output:" to the end, progress first ("Trying to pull
+    # ..."): its last error line is the cause, else its last line.
+    starts = [i for i, line in enumerate(lines) if line.startswith("Command Output:")]
+    if not starts:
+        return error
+    output = [lines[starts[-1]].split(":", 1)[1].strip(), *lines[starts[-1] + 1:]]
+    output = [line for line in output if line]
+    causes = [line for line in output if line.lower().startswith("error")] or output
+    return f"{causes[-1]} ({error})" if causes else error
 
 
 _KIND_COMMAND = re.compile(r'command "([^"]*)"')
@@ -185,13 +211,15 @@ class KindCluster:
         self.delete()
 
     def _kind(self, *args: str, timeout: Optional[float] = 900) -> Result:
-        return _run([self.kind_bin, *args], timeout=timeout)
+        return _run([self.kind_bin, *args], timeout=timeout, env=kind_environment())
 
-    # The labelled volume that lets the reaper find a cluster whose owner died.
+    # The labelled volume that lets the reaper find a cluster whose owner died, and delete it as this
+    # process would: with kind, its provider and the kubeconfig that holds the cluster's entries.
     def _shadow(self) -> None:
         if self.owner is None or self.client is None:
             return
-        labels = {**self.owner.labels("kind"), LABEL_CLUSTER: self.name}
+        labels = {**self.owner.labels("kind"), LABEL_CLUSTER: self.name, LABEL_KIND_BIN: self.kind_bin,
+                  LABEL_PROVIDER: provider(), LABEL_KUBECONFIG: str(self.kubeconfig)}
         self.client.api.create_volume(name=f"{self.name}-owner", labels=labels)
 
     def _unshadow(self) -> None:
@@ -219,21 +247,40 @@ class KindCluster:
         return self._api
 
     def load_image(self, tag_or_archive: str) -> None:
-        """`kind load image-archive` for a file, else `kind load docker-image` for a local tag."""
+        """Into every node: `kind load image-archive` for a file; for a tag on the session's engine,
+        `kind load docker-image` when that engine is Docker (kind saves it with the Docker CLI), else
+        (Podman) the image saved from the engine and loaded as an archive."""
         if Path(tag_or_archive).is_file():
             result = self._kind("load", "image-archive", str(tag_or_archive), "--name", self.name)
-        else:
-            if self.client is not None:
-                import docker
-
-                try:
-                    self.client.images.get(tag_or_archive)
-                except docker.errors.ImageNotFound:
-                    raise ClusterError(f"image {tag_or_archive!r} is not present locally; build or pull it "
-                                       "before load_image()") from None
+        elif self.client is None:
             result = self._kind("load", "docker-image", tag_or_archive, "--name", self.name)
+        else:
+            from ..engine.endpoint import describe
+
+            image = self._local_image(tag_or_archive)
+            if describe(self.client).product == "Docker":
+                result = self._kind("load", "docker-image", tag_or_archive, "--name", self.name)
+            else:
+                archive = self.state_dir / f"image-{hashlib.sha256(tag_or_archive.encode()).hexdigest()[:12]}.tar"
+                with archive.open("wb") as out:
+                    for chunk in image.save(named=True):
+                        out.write(chunk)
+                try:
+                    result = self._kind("load", "image-archive", str(archive), "--name", self.name)
+                finally:
+                    archive.unlink()
         if not result.ok:
             raise ClusterError(f"kind load of {tag_or_archive} into {self.name} failed: {_last_error(result)}")
+
+    def _local_image(self, tag: str) -> Any:
+        import docker
+
+        assert self.client is not None
+        try:
+            return self.client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            raise ClusterError(f"image {tag!r} is not on the engine at {_engine_url()}; build or pull it "
+                               "before load_image()") from None
 
     def apply(self, manifest: Union[str, Path], namespace: str = "default") -> list[Any]:
         """Create every object of a (multi-document) manifest, given as a path or as YAML text."""
@@ -427,6 +474,12 @@ class Clusters:
                            owner=self.services.session_owner, client=self.client, **options)
 
 
+def _engine_url() -> str:
+    from ..engine import where
+
+    return where()
+
+
 def check(defaults: Mapping[str, Any]) -> Check:
     """kind on PATH and the engine it drives; kubectl and helm are reported, not required."""
     from ..engine import probe
@@ -444,7 +497,8 @@ def check(defaults: Mapping[str, Any]) -> Check:
         return Check(False, f"{found}; {engine.detail}", engine.fix)
     uses = {"kubectl": ".kubectl() and .port_forward()", "helm": ".helm_install()"}
     missing = [f"{name} missing: {uses[name]} will fail" for name in uses if tools[name] is None]
-    return Check(True, found + (f" ({'; '.join(missing)})" if missing else ""))
+    nodes = f"nodes on {provider()}" + (" (KIND_EXPERIMENTAL_PROVIDER)" if provider() != "docker" else "")
+    return Check(True, f"{found}; {nodes}" + (f" ({'; '.join(missing)})" if missing else ""))
 
 
 def _version(argv: list[str]) -> Optional[str]:
@@ -469,13 +523,24 @@ def leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:
     for volume in api.volumes(filters={"label": labels}).get("Volumes") or []:
         cluster = volume["Labels"][LABEL_CLUSTER]
         yield Labelled("cluster", volume["Name"], cluster, volume["Labels"],
-                       quietly(partial(_remove_cluster, api, cluster, volume["Name"])))
+                       quietly(partial(_remove_cluster, api, cluster, volume["Name"], volume["Labels"])))
 
 
-def _remove_cluster(api: Any, cluster: str, shadow_volume: str) -> None:
-    """What `kind delete cluster` does to the engine: remove the nodes; then the shadow."""
-    for node in api.containers(all=True, filters={"label": [f"{KIND_CLUSTER_LABEL}={cluster}"]}):
-        api.remove_container(node["Id"], force=True, v=True)
+def _remove_cluster(api: Any, cluster: str, shadow_volume: str, labels: Mapping[str, str]) -> None:
+    """`kind delete cluster`, with the provider and kubeconfig its creator used, so its nodes go from
+    whichever engine kind put them on, and its kubeconfig entries with them; without kind (gone from
+    PATH), what kind does on the session's engine: remove the nodes. Then the shadow."""
+    argv = [labels.get(LABEL_KIND_BIN, "kind"), "delete", "cluster", "--name", cluster]
+    if labels.get(LABEL_KUBECONFIG):
+        argv += ["--kubeconfig", labels[LABEL_KUBECONFIG]]
+    env = {**kind_environment(), "KIND_EXPERIMENTAL_PROVIDER": labels.get(LABEL_PROVIDER, "docker")}
+    try:
+        deleted = _run(argv, timeout=300, env=env).ok
+    except ClusterError:  # no kind here
+        deleted = False
+    if not deleted:
+        for node in api.containers(all=True, filters={"label": [f"{KIND_CLUSTER_LABEL}={cluster}"]}):
+            api.remove_container(node["Id"], force=True, v=True)
     api.remove_volume(shadow_volume, force=True)
 
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Optional
 
 ROUTE = re.compile(r"^/(?:api/v1|apis/apps/v1)/(?:namespaces/(?P<ns>[^/]+)/)?(?P<plural>[a-z]+)(?:/(?P<name>[^/?]+))?")
 KINDS = {"configmaps": "ConfigMap", "services": "Service", "deployments": "Deployment", "pods": "Pod", "nodes": "Node"}
 
 
 class FakeKubeAPI:
-    def __init__(self, ready_after: int = 3) -> None:
+    def __init__(self, ready_after: int = 3, host: str = "127.0.0.1", port: int = 0,
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.ready_after = ready_after
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.reads: dict[tuple[str, str, str], int] = {}
@@ -50,8 +53,10 @@ class FakeKubeAPI:
                 code, reply = api.post(self.path, body)
                 self._send(code, reply)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        if tls is not None:  # inside the FAKE kind node, behind kind's published API port
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> FakeKubeAPI:
@@ -101,3 +106,12 @@ class FakeKubeAPI:
             return 200, self._view(key)
         items = [self._view(k) for k in list(self.objects) if k[0] == plural and k[1] == ns]
         return 200, {"apiVersion": "v1", "kind": f"{KINDS.get(plural, 'Object')}List", "metadata": {}, "items": items}
+
+
+if __name__ == "__main__":  # the FAKE kind node's API server: fake_kube_api.py PORT CERT KEY
+    port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with FakeKubeAPI(ready_after=3, host="0.0.0.0", port=port, tls=context) as served:
+        print(f"fake API server at {served.url}", flush=True)
+        served.thread.join()
