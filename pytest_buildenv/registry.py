@@ -83,7 +83,8 @@ BUILTIN: dict[str, Entry] = {
     )),
     "vm": Entry("pytest_buildenv.kinds.vm", ("golden_vm", "vm_clone"), (
         Default("vagrantfile", option="--vagrantfile", help="the golden VM's Vagrantfile (vm kind)"),
-    )),
+    ), (Ini("buildenv_golden_keep", "golden boxes kept per Vagrantfile; older ones are removed (default 2)",
+            default="2"),)),
 }
 # Every kind's settings have a timeout; its default is one ini value for all.
 TIMEOUT = Default("timeout", ini="buildenv_timeout", help="default per-command timeout in seconds")

@@ -50,13 +50,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class VMSettings(CommonSettings):
     vagrantfile: Optional[Path] = None  # the golden VM's Vagrantfile (its directory holds the provisioners)
+    machine: Optional[str] = None  # which machine of a multi-machine Vagrantfile (one machine: that one)
+    inputs: tuple[str, ...] = ()  # more files that provision it (globs beside the Vagrantfile)
     provider: str = "libvirt"
     boot_timeout: float = 600
     reset: Literal["destroy", "snapshot"] = "destroy"  # snapshot: one clone per process, restored between tests
 
 WORKDIR = PurePosixPath("/home/vagrant/work")
 DESCRIPTION_MARK = "pytest-buildenv "  # libvirt domain descriptions start with it, then JSON labels
-_BOX_LINE = re.compile(r"""config\.vm\.box\s*=\s*["']([^"']+)["']""")
+_FRAME = re.compile(r"\.rb:\d+:in |^\s*from \S+\.rb:\d+")  # a Ruby backtrace frame: never the cause
 
 
 def _vagrant(root: Path, log: Path, env: Optional[Mapping[str, str]] = None) -> Any:
@@ -69,40 +71,156 @@ def _vagrant(root: Path, log: Path, env: Optional[Mapping[str, str]] = None) -> 
 
 
 def _fail(what: str, log: Path, hint: str = "") -> VMError:
+    """The cause on the first line (libvirt's or Vagrant's error line, never a Ruby backtrace frame),
+    the log's tail after it."""
     text = log.read_text(errors="replace") if log.exists() else ""
     text = "\n".join(line for line in text.splitlines() if "Progress:" not in line)
-    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "no output")
-    return VMError(f"{what} failed: {last}{'; ' + hint if hint else ''}\n{tail(text)}")
+    return VMError(f"{what} failed: {log_cause(text)}{'; ' + hint if hint else ''}\n{tail(text)}")
+
+
+_CAUSES = (re.compile(r"Call to vir\w+ failed: .*"),  # libvirt, as vagrant-libvirt quotes it
+           re.compile(r"^(?:Error|ERROR)\b.*|.*\berror: .*", re.MULTILINE))
+
+
+def log_cause(text: str) -> str:
+    """The line that says why: libvirt's first error, else the last error line, else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _FRAME.search(line)]
+    found = _CAUSES[0].search(text)
+    if found:
+        return found.group(0).strip()[:400]
+    errors = [line for line in lines if _CAUSES[1].match(line)]
+    return (errors or lines or ["no output"])[-1][:400]
 
 
 def vagrant_home() -> Path:
     return Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
 
 
-def base_box_of(vagrantfile: Path) -> str:
-    match = _BOX_LINE.search(vagrantfile.read_text())
-    if not match:
-        raise ConfigError(f"{vagrantfile} sets no config.vm.box; the golden VM starts from a base box")
-    return match.group(1)
+# Asks Vagrant itself what a Vagrantfile says (variables, ENV, config.vm.define and all): each machine's
+# box and the files its provisioners name. Run by the Ruby that runs Vagrant.
+_PROBE = r"""
+require "vagrant"
+require "json"
+begin
+  env = Vagrant::Environment.new(cwd: ARGV[0], vagrantfile_name: ARGV[1], ui_class: Vagrant::UI::Silent)
+  env.vagrantfile
+rescue Vagrant::Errors::VagrantError => e
+  puts JSON.generate({error: e.message})
+  exit 2
+end
+keys = %i[path source playbook inventory_path config_file galaxy_role_file]
+machines = env.machine_names.map do |name|
+  vm = env.vagrantfile.machine_config(name, nil, nil, nil)[:config].vm
+  files = vm.provisioners.flat_map do |p|
+    keys.select { |k| p.config.respond_to?(k) }.map { |k| p.config.send(k) }
+  end
+  {name: name.to_s, box: vm.box, box_version: vm.box_version.to_s,
+   files: files.reject { |f| f.nil? || f == Vagrant::Plugin::V2::Config::UNSET_VALUE }.map(&:to_s)}
+end
+puts JSON.generate(machines)
+"""
 
 
-def box_vagrantfile(box: str, provider: str = "libvirt") -> Optional[Path]:
-    """The Vagrantfile shipped inside an installed box (it carries provider settings, e.g. the kernel)."""
-    found = sorted(vagrant_home().glob(f"boxes/{box.replace('/', '-VAGRANTSLASH-')}/*/{provider}/Vagrantfile"))
+@dataclass(frozen=True)
+class Machine:
+    """One machine of a Vagrantfile, as Vagrant evaluates it."""
+
+    name: str
+    box: str
+    box_version: str
+    files: tuple[str, ...]  # what its provisioners name, as written (relative to the Vagrantfile's directory)
+
+
+def vagrant_ruby() -> str:
+    """The Ruby that runs Vagrant: its launcher's interpreter (Debian's), or the installer's embedded one."""
+    launcher = shutil.which("vagrant")
+    if launcher:
+        first = Path(launcher).read_bytes()[:200].split(b"\n", 1)[0].decode(errors="replace")
+        if first.startswith("#!") and "ruby" in first:
+            return first[2:].split()[0]
+    embedded = Path("/opt/vagrant/embedded/bin/ruby")
+    return str(embedded) if embedded.exists() else "ruby"
+
+
+def machines_of(vagrantfile: Path) -> list[Machine]:
+    """What Vagrant makes of the Vagrantfile; a Vagrantfile Vagrant refuses is one line naming why."""
+    proc = subprocess.run([vagrant_ruby(), "-e", _PROBE, str(vagrantfile.parent), vagrantfile.name],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        try:
+            said = str(json.loads(proc.stdout)["error"])
+        except (ValueError, KeyError, TypeError):
+            said = proc.stderr
+        raise ConfigError(f"Vagrant cannot evaluate {vagrantfile}: {_vagrant_words(said)}; "
+                          "`vagrant validate` there says more")
+    return [Machine(m["name"], m["box"] or "", m["box_version"], tuple(m["files"])) for m in json.loads(proc.stdout)]
+
+
+def _vagrant_words(text: str) -> str:
+    """Vagrant's "Message: ..." (and "Line number: ..."), else its first line that is no backtrace frame."""
+    fields = dict(re.findall(r"^(Message|Line number): (.*)$", text, re.MULTILINE))
+    if "Message" in fields:
+        return fields["Message"] + (f" (line {fields['Line number']})" if "Line number" in fields else "")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _FRAME.search(line)]
+    return (lines or ["no output"])[0][:300]
+
+
+def choose_machine(vagrantfile: Path, machines: list[Machine], name: Optional[str]) -> Machine:
+    names = [m.name for m in machines]
+    if name is None and len(machines) == 1:
+        chosen = machines[0]
+    elif name is None:
+        raise ConfigError(f"{vagrantfile} defines machines {', '.join(names)}; name one with machine= "
+                          "(in the marker or the vm: section of buildenv.yaml)")
+    elif name not in names:
+        raise ConfigError(f"{vagrantfile} defines no machine {name!r}; it defines {', '.join(names)}")
+    else:
+        chosen = next(m for m in machines if m.name == name)
+    if not chosen.box:
+        raise ConfigError(f"machine {chosen.name!r} of {vagrantfile} has no config.vm.box; "
+                          "the golden VM starts from a base box")
+    return chosen
+
+
+def box_dir(box: str, provider: str = "libvirt", version: str = "") -> Optional[Path]:
+    """The installed box's directory (its newest version, unless one is named)."""
+    found = sorted(vagrant_home().glob(f"boxes/{box.replace('/', '-VAGRANTSLASH-')}/{version or '*'}/{provider}"),
+                   key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"[.-]", p.parent.name)])
     return found[-1] if found else None
 
 
-def content_hash(vagrantfile: Path, base_box: str) -> str:
-    """Vagrantfile, provisioning scripts beside it, and the base box: what the golden VM is made of."""
-    digest = hashlib.sha256(base_box.encode())
-    box_file = box_vagrantfile(base_box)
-    if box_file is not None:
-        digest.update(box_file.parent.joinpath("metadata.json").read_bytes())
+def golden_inputs(vagrantfile: Path, machine: Machine, globs: tuple[str, ...] = ()) -> list[Path]:
+    """What provisions the golden VM, beside the Vagrantfile: the files its provisioners name (all of a
+    directory one names), and the user's `inputs` globs. Nothing else under the directory counts."""
     root = vagrantfile.parent
-    for path in sorted(root.rglob("*")):
-        if ".vagrant" in path.parts or not path.is_file():
-            continue
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    named = [root / f for f in machine.files]
+    named += [match for pattern in globs for match in sorted(root.glob(pattern))]
+    found: set[Path] = {vagrantfile}
+    for path in named:
+        if path.is_dir():
+            found.update(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            found.add(path)
+        else:
+            raise ConfigError(f"{vagrantfile}: {path.relative_to(root) if path.is_relative_to(root) else path} "
+                              "is named by a provisioner (or inputs) but does not exist; fix the path")
+    return sorted(found)
+
+
+def content_hash(vagrantfile: Path, machine: Machine, inputs: list[Path], provider: str = "libvirt") -> str:
+    """The golden VM's identity: the machine, its provisioning inputs, and the base box (name, version,
+    metadata and the box's own Vagrantfile)."""
+    digest = hashlib.sha256(json.dumps([machine.name, machine.box, machine.box_version, provider]).encode())
+    installed = box_dir(machine.box, provider, machine.box_version)
+    if installed is not None:
+        digest.update(installed.parent.name.encode())  # the installed version
+        for name in ("metadata.json", "Vagrantfile"):
+            if (installed / name).is_file():
+                digest.update((installed / name).read_bytes())
+    root = vagrantfile.parent
+    for path in inputs:
+        rel = path.relative_to(root) if path.is_relative_to(root) else path
+        digest.update(str(rel).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -131,16 +249,19 @@ class GoldenVM:
     """The user's Vagrantfile, provisioned once and frozen into a box (cached by content)."""
 
     def __init__(self, vagrantfile: Path, state_dir: Path, *, provider: str = "libvirt",
-                 progress: Any = None) -> None:
+                 progress: Any = None, machine: Optional[str] = None, inputs: tuple[str, ...] = ()) -> None:
         self.vagrantfile = Path(vagrantfile).resolve()
         if not self.vagrantfile.is_file():
             raise ConfigError(f"Vagrantfile {self.vagrantfile} not found; fix vagrantfile= (or --vagrantfile)")
         self.state_dir = Path(state_dir)
         self.provider = provider
-        self.base_box = base_box_of(self.vagrantfile)
-        self.hash = content_hash(self.vagrantfile, self.base_box)
+        self.machine = choose_machine(self.vagrantfile, machines_of(self.vagrantfile), machine)
+        self.base_box = self.machine.box
+        self.inputs = golden_inputs(self.vagrantfile, self.machine, inputs)
+        self.hash = content_hash(self.vagrantfile, self.machine, self.inputs, provider)
         self.box = f"buildenv-golden/{self.hash[:16]}"
         self.progress = progress or (lambda line: None)
+        self.keep = 2  # golden boxes kept per Vagrantfile (ini buildenv_golden_keep)
         self.provisioned_now = False
         self.owner: Optional[Owner] = None  # whose clones: set by the session, else a fresh owner
 
@@ -167,37 +288,63 @@ class GoldenVM:
         return self.box
 
     def _provision(self) -> None:
+        """Up (with provisioners) in a directory of its own holding only the golden's inputs, so nothing
+        else can reach the VM and the user's own `vagrant up` there is never disturbed; then packaged."""
         work = self.state_dir / f"golden-{self.hash[:12]}"
         shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(self.vagrantfile.parent, work, ignore=shutil.ignore_patterns(".vagrant"))
+        root = self.vagrantfile.parent
+        for path in self.inputs:
+            copy = work / (path.relative_to(root) if path.is_relative_to(root) else path.name)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, copy)
+        if self.vagrantfile.name != "Vagrantfile":
+            (work / "Vagrantfile").write_text(self.vagrantfile.read_text())
         log = work / "provision.log"
         machine = _vagrant(work, log)
-        self.progress(f"provisioning golden VM from {self.vagrantfile} (log: {log})")
+        name = self.machine.name
+        self.progress(f"provisioning golden VM {name} from {self.vagrantfile} (log: {log})")
         started = time.monotonic()
         try:
             try:
-                machine.up(provider=self.provider)
+                machine.up(vm_name=name, provider=self.provider)
             except subprocess.CalledProcessError:
                 raise _fail(f"provisioning the golden VM from {self.vagrantfile}", log,
-                            "fix the provisioner (its output follows)") from None
+                            "fix the provisioner or the box (the log follows)") from None
             # What clones must not share: the machine id (and so their DHCP identity).
             ssh_cfg = work / "ssh.cfg"
-            ssh_cfg.write_text(machine.ssh_config())
-            subprocess.run(["ssh", "-F", str(ssh_cfg), "default", "sudo truncate -s0 /etc/machine-id; sync"],
+            ssh_cfg.write_text(machine.ssh_config(vm_name=name))
+            subprocess.run(["ssh", "-F", str(ssh_cfg), name, "sudo truncate -s0 /etc/machine-id; sync"],
                            capture_output=True, timeout=120)
             box_file = work / "golden.box"
-            include = box_vagrantfile(self.base_box, self.provider)
-            packager = _vagrant(work, log, env={"PATH": _shim_path(self.state_dir)})
             try:
-                packager.package(output=str(box_file), vagrantfile=str(include) if include else None)
+                self._package(work, log, box_file)
                 _vagrant(work, log).box_add(self.box, str(box_file), provider=self.provider, force=True)
             except subprocess.CalledProcessError:
                 raise _fail(f"packaging the golden VM into {self.box}", log) from None
             self.progress(f"golden box {self.box} ready in {time.monotonic() - started:.0f} s")
         finally:
             with contextlib.suppress(subprocess.CalledProcessError):
-                machine.destroy()
+                machine.destroy(vm_name=name)
             shutil.rmtree(work, ignore_errors=True)
+        record_golden(self)
+        prune_goldens(self.vagrantfile, keep=self.keep, progress=self.progress)
+
+    def _package(self, work: Path, log: Path, box_file: Path) -> None:
+        """`vagrant package`, carrying what the base box carried: its Vagrantfile (provider settings; the
+        one it was packaged with, if it was) and the files it includes, at the same places."""
+        base = box_dir(self.base_box, self.provider, self.machine.box_version)
+        argv = ["vagrant", "package", self.machine.name, "--output", str(box_file)]
+        if base is not None:
+            included = base / "include"
+            vagrantfile = included / "_Vagrantfile" if (included / "_Vagrantfile").is_file() else base / "Vagrantfile"
+            if vagrantfile.is_file():
+                argv += ["--vagrantfile", str(vagrantfile)]
+            extra = sorted(str(p) for p in included.glob("*") if p.is_file() and p.name != "_Vagrantfile")
+            if extra:
+                argv += ["--include", ",".join(extra)]
+        with log.open("a") as out:
+            subprocess.run(argv, cwd=work, stdout=out, stderr=subprocess.STDOUT, check=True,
+                           env={**os.environ, "PATH": _shim_path(self.state_dir)})
 
 
 class VMClone(BuildEnv):
@@ -217,7 +364,7 @@ class VMClone(BuildEnv):
         self.console_log = self.dir / "console.log"
         self.domain = f"{self.name}_default"
         self._log = self.dir / "vagrant.log"
-        self._write_vagrantfile(owner.labels("vm", test), boot_timeout)
+        self._write_vagrantfile({**owner.labels("vm", test), LABEL_BOX: box}, boot_timeout)
         self._machine = _vagrant(self.dir, self._log)
         self._closed = False
         self.reusable = False  # set by a session that resets this clone by snapshot between tests
@@ -391,6 +538,125 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+# --- golden boxes: a record each, bounded per Vagrantfile, removed with their libvirt volumes ----------
+LABEL_BOX = "pytest-buildenv.box"  # on a clone's domain: the golden box it was made from
+
+
+def _golden_records() -> Path:
+    from ..sharing import state_root
+
+    return state_root() / "goldens"
+
+
+def record_golden(golden: GoldenVM) -> None:
+    """Who made which golden box, from what, when: what pruning and the reaper go by."""
+    import socket
+
+    directory = _golden_records()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{golden.hash[:16]}.json").write_text(json.dumps({
+        "box": golden.box, "vagrantfile": str(golden.vagrantfile), "machine": golden.machine.name,
+        "created": time.time(), "host": socket.gethostname(), "pid": os.getpid()}))
+
+
+def golden_records() -> list[dict[str, Any]]:
+    records = []
+    for path in sorted(_golden_records().glob("*.json")):
+        try:
+            records.append({**json.loads(path.read_text()), "record": str(path)})
+        except (OSError, ValueError):
+            continue  # being written, or removed by a concurrent pruner
+    return records
+
+
+def boxes_in_use(uri: str = "qemu:///system") -> set[str]:
+    """Golden boxes that clones (existing libvirt domains) were made from."""
+    return {labels[LABEL_BOX] for _, labels in labelled_domains(uri) if LABEL_BOX in labels}
+
+
+def prune_goldens(vagrantfile: Path, keep: int, progress: Any = None) -> list[str]:
+    """Keep the newest `keep` golden boxes of this Vagrantfile; older ones go, unless a clone uses one."""
+    mine = sorted((r for r in golden_records() if r.get("vagrantfile") == str(vagrantfile)),
+                  key=lambda r: float(r.get("created", 0)), reverse=True)
+    in_use = boxes_in_use() if len(mine) > keep else set()
+    removed = []
+    for record in mine[max(keep, 1):]:
+        if record["box"] in in_use:
+            continue
+        remove_golden(record["box"])
+        Path(record["record"]).unlink(missing_ok=True)
+        removed.append(record["box"])
+        if progress is not None:
+            progress(f"removed golden box {record['box']} (ini buildenv_golden_keep={keep})")
+    return removed
+
+
+def _box_volumes(box: str, pool: str = "default", uri: str = "qemu:///system") -> list[str]:
+    """vagrant-libvirt uploads a box into the pool as <box, / as -VAGRANTSLASH->_vagrant_box_image_<...>."""
+    listed = subprocess.run(["virsh", "-c", uri, "vol-list", pool, "--name"], capture_output=True, text=True)
+    prefix = box.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+    return [name.strip() for name in listed.stdout.splitlines() if name.strip().startswith(prefix)]
+
+
+def remove_golden(box: str, pool: str = "default", uri: str = "qemu:///system") -> None:
+    """The box from Vagrant and its uploaded image from libvirt's pool."""
+    subprocess.run(["vagrant", "box", "remove", "--force", "--all", box], capture_output=True, timeout=300)
+    for volume in _box_volumes(box, pool, uri):
+        subprocess.run(["virsh", "-c", uri, "vol-delete", "--pool", pool, volume], capture_output=True)
+
+
+def installed_goldens() -> list[Path]:
+    return sorted(vagrant_home().glob("boxes/buildenv-golden-VAGRANTSLASH-*"))
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def goldens_held() -> str:
+    """For doctor: the golden boxes, their Vagrantfiles, and the space they take (boxes and pool)."""
+    boxes = installed_goldens()
+    records = {r["box"]: r for r in golden_records()}
+    names = [b.name.replace("-VAGRANTSLASH-", "/") for b in boxes]
+    pool = sum(int(_volume_bytes(v)) for name in names for v in _box_volumes(name))
+    sources = sorted({records[n]["vagrantfile"] for n in names if n in records})
+    return (f"golden boxes: {len(boxes)} ({sum(_size(b) for b in boxes) // 2**20} MiB in {vagrant_home()}, "
+            f"{pool // 2**20} MiB in libvirt's pool) from {len(sources)} Vagrantfile(s)"
+            + (f": {', '.join(sources)}" if sources else ""))
+
+
+def _volume_bytes(volume: str, pool: str = "default", uri: str = "qemu:///system") -> int:
+    info = subprocess.run(["virsh", "-c", uri, "vol-info", "--pool", pool, volume, "--bytes"],
+                          capture_output=True, text=True).stdout
+    match = re.search(r"^Allocation:\s+(\d+)", info, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def golden_leftovers() -> Iterator[Labelled]:
+    """Golden boxes as caches: kept by every sweep, removed by `reap --include-cache` (when their
+    maker is gone and no clone uses them)."""
+    import socket
+
+    from ..naming import LABEL_CACHE, LABEL_HOST, LABEL_PID
+    from ..reaper import Labelled
+
+    records = {r["box"]: r for r in golden_records()}
+    in_use = boxes_in_use()
+    for directory in installed_goldens():
+        box = directory.name.replace("-VAGRANTSLASH-", "/")
+        record = records.get(box, {})
+        pid = os.getpid() if box in in_use else int(record.get("pid", 0))  # in use: alive, so kept
+        labels = {LABEL_CACHE: f"golden:{box}", LABEL_HOST: record.get("host", socket.gethostname()),
+                  LABEL_PID: str(pid), LABEL_SESSION: "-"}
+
+        def remove(box: str = box, path: Optional[str] = record.get("record")) -> None:
+            remove_golden(box)
+            if path:
+                Path(path).unlink(missing_ok=True)
+
+        yield Labelled("golden", box, box, labels, remove)
+
+
 # --- for the reaper: domains carry our labels in their description --------------
 def labelled_domains(uri: str = "qemu:///system") -> list[tuple[str, dict[str, str]]]:
     if shutil.which("virsh") is None:
@@ -420,13 +686,15 @@ def leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:
     for name, labels in labelled_domains():
         if session is None or labels.get(LABEL_SESSION) == session:
             yield Labelled("vm", name, name, labels, partial(destroy_domain, name))
+    if session is None:  # a reaper's scan, not a session's own sweep
+        yield from golden_leftovers()
 
 
 # --- the session-wide manager ------------------------------------------------------------
 class Goldens:
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._goldens: dict[tuple[str, str], GoldenVM] = {}
+        self._goldens: dict[tuple[str, ...], GoldenVM] = {}
         self._idle: dict[str, VMClone] = {}  # reset="snapshot": this process's clone between tests, by box
 
     def golden_for(self, settings: VMSettings) -> GoldenVM:
@@ -434,11 +702,12 @@ class Goldens:
         if settings.vagrantfile is None:
             raise ConfigError("no Vagrantfile for the vm kind; pass @pytest.mark.vm(vagrantfile=...), "
                               "vm: vagrantfile: in buildenv.yaml, or --vagrantfile")
-        key = (str(settings.vagrantfile), settings.provider)
+        key = (str(settings.vagrantfile), settings.provider, settings.machine or "", ",".join(settings.inputs))
         if key not in self._goldens:  # hashing the Vagrantfile's directory once per session is enough
             shared = self.services.shared
             golden = GoldenVM(settings.vagrantfile, shared.directory, provider=settings.provider,
-                              progress=self.services.progress)
+                              progress=self.services.progress, machine=settings.machine, inputs=settings.inputs)
+            golden.keep = int(self.services.ini.get("buildenv_golden_keep") or 2)
             record = shared.get_or_create(f"golden-{golden.hash[:16]}", lambda: {
                 "type": "golden", "box": golden.ensure(), "provisioned": golden.provisioned_now})
             golden.provisioned_now = bool(record["provisioned"] and record["created_here"])
@@ -500,4 +769,4 @@ def check(defaults: Mapping[str, Any]) -> Check:
     return Check(True, f"{version}; vagrant-libvirt; libvirt qemu:///system reachable; {kvm}")
 
 
-KIND = KindSpec(settings=VMSettings, manager=Goldens, check=check, leftovers=leftovers)
+KIND = KindSpec(settings=VMSettings, manager=Goldens, check=check, leftovers=leftovers, inventory=goldens_held)
