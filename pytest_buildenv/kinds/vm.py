@@ -102,7 +102,8 @@ _PROBE = r"""
 require "vagrant"
 require "json"
 begin
-  env = Vagrant::Environment.new(cwd: ARGV[0], vagrantfile_name: ARGV[1], ui_class: Vagrant::UI::Silent)
+  env = Vagrant::Environment.new(cwd: ARGV[0], vagrantfile_name: ARGV[1], local_data_path: ARGV[2],
+                                 ui_class: Vagrant::UI::Silent)
   env.vagrantfile
 rescue Vagrant::Errors::VagrantError => e
   puts JSON.generate({error: e.message})
@@ -144,8 +145,9 @@ def vagrant_ruby() -> str:
 
 def machines_of(vagrantfile: Path) -> list[Machine]:
     """What Vagrant makes of the Vagrantfile; a Vagrantfile Vagrant refuses is one line naming why."""
-    proc = subprocess.run([vagrant_ruby(), "-e", _PROBE, str(vagrantfile.parent), vagrantfile.name],
-                          capture_output=True, text=True, timeout=120)
+    with tempfile.TemporaryDirectory(prefix="buildenv-vagrant-probe-") as scratch:  # not a .vagrant beside it
+        proc = subprocess.run([vagrant_ruby(), "-e", _PROBE, str(vagrantfile.parent), vagrantfile.name, scratch],
+                              capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         try:
             said = str(json.loads(proc.stdout)["error"])
