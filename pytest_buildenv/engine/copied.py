@@ -1,11 +1,13 @@
 """A workspace copied in and out of a builder, for an engine that cannot see this machine's files
 (a remote engine, a laptop's engine VM that shares other directories): `workspace: copy`.
 
-The host directory stays the workspace: before each command what changed on the host since the
-last sync goes in through the engine's archive API (one put), and after it what the command
-changed comes back (one listing, written by the command's own exec, then one get per file or one
-for the whole tree). Changes are found by comparing listings (type, mode, size, mtime to the
-microsecond), so no clock is shared between the machines.
+The host directory stays the workspace. The command's own exec does the syncing around it: what
+changed on the host since the last sync comes in on its stdin as a tar stream (unpacked with the
+builder's tar), and after the command it lists the tree on its stderr behind a token line. What the
+command changed (that listing against the last one) comes back in one more exec, `tar -c` of those
+files. Changes are found by comparing listings (type, mode, size, mtime to the microsecond), so no
+clock is shared between the machines. (The engine's archive API costs ~40 ms a call on Docker:
+only the first copy uses it.)
 """
 
 from __future__ import annotations
@@ -27,16 +29,21 @@ from ..errors import BuildEnvError
 if TYPE_CHECKING:
     import docker
 
-SYNC = PurePosixPath("/.buildenv-sync")  # in the builder: the deletions to make, the listing after a command
-WHOLE_TREE_FROM = 16  # more changed files than this come back as one archive of the workdir
+SYNC = PurePosixPath("/.buildenv-sync")  # in the builder: the deletions to make and the files pushed, per run
 Signature = tuple[str, int, int, int]  # type, permissions, size, mtime in microseconds
 # Every entry under the workdir: type|permissions (octal)|size|mtime (to the nanosecond)|path.
-# GNU's and busybox's stat both print this; find and stat are in every builder image we take.
-_LIST = "find {root} -exec stat -c '%F|%a|%s|%y|%n' {{}} + 2>/dev/null"
-# Deletions from the host first; after the command its listing goes to stderr behind a token line,
-# which the caller cuts off (one exec does it all: the archive API costs ~40 ms a call on Docker).
-_WRAP = ('S={sync}; if [ -s $S/delete ]; then while IFS= read -r p; do rm -rf "{root}/$p"; done < $S/delete; '
-         ': > $S/delete; fi; "$@"; rc=$?; {{ printf "\\n%s\\n" "$BUILDENV_SYNC"; ' + _LIST + '; }} >&2; exit $rc')
+# GNU's and busybox's stat both print this; find, stat, tar and xargs are in every builder image we take.
+_FORMAT = "'%F|%a|%s|%y|%n'"
+_LIST = "find {root} -exec stat -c " + _FORMAT + " {{}} + 2>/dev/null"
+# With changes on stdin: unpack them, make the host's deletions, and list what was pushed as the builder
+# has it (its tar may round times). Then the command, and the listing after it, on stderr behind tokens.
+_WRAP = ('S={sync}; pre=; if [ -n "$BUILDENV_SYNC_IN" ]; then '
+         'tar -x -f - -C / || {{ echo "buildenv: the builder could not unpack the workspace changes (tar)" >&2; '
+         'exit 125; }}; while IFS= read -r p; do rm -rf "{root}/$p"; done < $S/delete; '
+         "pre=$(while IFS= read -r p; do printf '%s\\0' \"{root}/$p\"; done < $S/pushed "
+         "| xargs -0 -r stat -c " + _FORMAT + ' 2>/dev/null); fi; "$@" </dev/null; rc=$?; '
+         '{{ printf "\\n%s\\n%s\\n%s-after\\n" "$BUILDENV_SYNC" "$pre" "$BUILDENV_SYNC"; ' + _LIST + '; }} >&2; '
+         'exit $rc')
 
 
 class CopiedWorkspace:
@@ -49,6 +56,7 @@ class CopiedWorkspace:
         self.workspace = workspace
         self.root = root
         self.uid, self.gid = uid, gid
+        self.user = f"{uid}:{gid}"
         self.on_host: dict[str, Signature] = {}  # the host tree as of the last sync
         self.in_builder: dict[str, Signature] = {}  # the builder's tree as of the last sync
         self._deleted: list[str] = []
@@ -68,42 +76,51 @@ class CopiedWorkspace:
             self._add_changes(archive, self._scan())
         self._put(buffer.getvalue())
 
-    def command(self, argv: list[str]) -> tuple[list[str], str]:
-        """Push what changed on the host, and wrap argv so that its exec lists the tree after it.
-        Returns the argv to run and the token its listing starts with."""
+    def command(self, argv: list[str]) -> tuple[list[str], str, Optional[bytes]]:
+        """Wrap argv: what changed on the host goes in on its stdin (returned), and its exec lists the
+        tree after it, behind the token (returned) on its stderr."""
         now = self._scan()
         changed = {p: s for p, s in now.items() if self.on_host.get(p) != s}
         self._deleted = sorted(set(self.on_host) - set(now))
+        stdin = None
         if changed or self._deleted:
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-                self._add_changes(archive, changed)
-                deletions = "".join(f"{p}\n" for p in self._deleted).encode()
-                info = tarfile.TarInfo(f"{str(SYNC).lstrip('/')}/delete")
-                info.size, info.mode, info.mtime = len(deletions), 0o666, time.time()
-                archive.addfile(info, io.BytesIO(deletions))
-            self._put(buffer.getvalue())
+                pushed = self._add_changes(archive, changed, round_up=True)
+                for name, lines in (("delete", self._deleted), ("pushed", pushed)):
+                    data = "".join(f"{line}\n" for line in lines).encode()
+                    info = tarfile.TarInfo(f"{str(SYNC).lstrip('/')}/{name}")
+                    info.size, info.mode, info.mtime = len(data), 0o666, int(time.time())
+                    archive.addfile(info, io.BytesIO(data))
+            stdin = buffer.getvalue()
         self._runs += 1
         token = f"buildenv-sync-{os.getpid()}-{self._runs}"
-        script = _WRAP.format(sync=SYNC, root=self.root)
-        return ["sh", "-c", script, "sh", *argv], token
+        return ["sh", "-c", _WRAP.format(sync=SYNC, root=self.root), "sh", *argv], token, stdin
 
-    def _add_changes(self, archive: tarfile.TarFile, changed: dict[str, Signature]) -> None:
+    def _add_changes(self, archive: tarfile.TarFile, changed: dict[str, Signature], round_up: bool = False) -> list[str]:
+        """Add the changed entries, owned by the builder's user; returns the files and links among them.
+        `round_up`: times to the next whole second, for a tar that drops fractions (busybox's): a file
+        edited on the host must never look older in the builder than what was built from it before."""
+        pushed = []
         for rel in sorted(changed):  # parents before children
             info = archive.gettarinfo(str(self.workspace / rel), f"{str(self.root).lstrip('/')}/{rel}")
             info.uid, info.gid, info.uname, info.gname = self.uid, self.gid, "", ""
-            info.mtime = changed[rel][3] / 1e6  # to the microsecond: what the builder's listing will say
+            mtime = changed[rel][3] / 1e6
+            info.mtime = -(-changed[rel][3] // 1_000_000) if round_up else mtime  # ceil, in whole seconds
             if info.isfile():
                 with open(self.workspace / rel, "rb") as data:
                     archive.addfile(info, data)
             else:
                 archive.addfile(info)
-            self.in_builder[rel] = changed[rel]
+            if not info.isdir():
+                pushed.append(rel)
+            self.in_builder[rel] = changed[rel]  # directories; files and links as the builder reports them
             self.on_host[rel] = changed[rel]
         for rel in self._deleted:
             self.on_host.pop(rel, None)
             for gone in [p for p in self.in_builder if p == rel or p.startswith(rel + "/")]:
                 del self.in_builder[gone]
+        return pushed
 
     def _put(self, data: bytes) -> None:
         if not self.api.put_archive(self.container, "/", data):
@@ -115,9 +132,12 @@ class CopiedWorkspace:
         last one); returns the command's own stderr."""
         stderr, found, text = stderr.rpartition(f"\n{token}\n")
         if not found:  # killed before it listed the tree: list it now
-            stderr = text
-            run = self.api.exec_create(self.container, ["sh", "-c", _LIST.format(root=self.root)], user="0")["Id"]
+            stderr, pre = text, ""
+            run = self.api.exec_create(self.container, ["sh", "-c", _LIST.format(root=self.root)], user=self.user)["Id"]
             text = self.api.exec_start(run).decode("utf-8", "replace")
+        else:
+            pre, _, text = text.partition(f"{token}-after\n")
+        self.in_builder.update(self._parse(pre))  # what was pushed, as the builder has it
         listing = self._parse(text)
         changed = [p for p, s in listing.items() if self.in_builder.get(p) != s]
         removed = sorted(set(self.in_builder) - set(listing), reverse=True)  # children before parents
@@ -130,17 +150,12 @@ class CopiedWorkspace:
             else:
                 path.unlink(missing_ok=True)
             self.on_host.pop(rel, None)
-        files = [p for p in changed if listing[p][0] == "regular file"]
         for rel in sorted(p for p in changed if listing[p][0] == "directory"):
             (self.workspace / rel).mkdir(parents=True, exist_ok=True)
         self._links([p for p in changed if listing[p][0] == "symbolic link"])
-        if len(files) > WHOLE_TREE_FROM:
-            self._fetch(self.root, self.workspace.parent, only={f"{self.workspace.name}/{p}" for p in files})
-        else:
-            for rel in files:
-                self._fetch(self.root / rel, (self.workspace / rel).parent)
+        self._fetch([p for p in changed if listing[p][0] == "regular file"])
         self.in_builder = listing
-        self.on_host = self._scan()
+        self._rescan(changed)
         return stderr
 
     def _links(self, links: list[str]) -> None:
@@ -166,33 +181,57 @@ class CopiedWorkspace:
                 entries[name[len(prefix):]] = _signature(kind, int(mode or "0", 8), int(size or 0), _microseconds(mtime))
         return entries
 
-    def _fetch(self, source: PurePosixPath, into: Path, only: frozenset[str] | set[str] | None = None) -> None:
+    def _fetch(self, files: list[str]) -> None:
+        """The files, in one `tar -c` in the builder streamed back on its stdout. As the builder's user: an
+        exec as root in a builder made for a user has no capabilities, and could read less."""
         from ..kinds.container import extract_safely
 
-        stream, _ = self.api.get_archive(self.container, str(source))
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
-            members = archive.getmembers()
-            if only is not None:  # the archive's top is the workdir's name: land it as the workspace's
-                for member in members:
-                    member.name = str(PurePosixPath(self.workspace.name, *PurePosixPath(member.name).parts[1:]))
-                members = [m for m in members if m.name in only]
+        if not files:
+            return
+        run = self.api.exec_create(self.container, ["tar", "-c", "-f", "-", "-C", str(self.root),
+                                                    *(f"./{p}" for p in files)], user=self.user)["Id"]
+        out, err = self.api.exec_start(run, demux=True)
+        if self.api.exec_inspect(run)["ExitCode"] != 0:
+            words = (err or b"").decode("utf-8", "replace").strip().splitlines()
+            raise BuildEnvError(f"copying the build's files out of {self.container[:12]} failed "
+                                f"({words[-1] if words else 'tar exited non-zero'}); a builder image for an "
+                                "engine that cannot see the workspace needs tar")
+        with tarfile.open(fileobj=io.BytesIO(out or b"")) as archive:
+            members = [m for m in archive.getmembers() if m.isfile()]
             for member in members:
                 member.uid, member.gid = os.getuid(), os.getgid()
-            extract_safely(archive, members, into)
+            extract_safely(archive, members, self.workspace)
 
     # --- both sides ------------------------------------------------------------
     def _scan(self) -> dict[str, Signature]:
+        """The host tree's signatures (a walk with scandir: this runs before every command)."""
         entries: dict[str, Signature] = {}
-        for top, dirs, files in os.walk(self.workspace):
-            for name in [*dirs, *files]:
-                path = os.path.join(top, name)
-                st = os.lstat(path)
-                kind = ("directory" if stat.S_ISDIR(st.st_mode) else "symbolic link" if stat.S_ISLNK(st.st_mode)
-                        else "regular file" if stat.S_ISREG(st.st_mode) else "other")
-                if kind != "other":  # sockets and fifos do not travel
-                    rel = os.path.relpath(path, self.workspace)
-                    entries[rel] = _signature(kind, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns // 1000)
+        pending = [("", str(self.workspace))]
+        while pending:
+            prefix, directory = pending.pop()
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    st = entry.stat(follow_symlinks=False)
+                    rel = prefix + entry.name
+                    if stat.S_ISDIR(st.st_mode):
+                        entries[rel] = _signature("directory", 0, 0, 0)
+                        pending.append((rel + "/", entry.path))
+                    elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):  # sockets and fifos do not travel
+                        kind = "regular file" if stat.S_ISREG(st.st_mode) else "symbolic link"
+                        entries[rel] = _signature(kind, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns // 1000)
         return entries
+
+    def _rescan(self, paths: Iterable[str]) -> None:
+        """The host's signatures of what a pull wrote, instead of walking the whole tree again."""
+        for rel in paths:
+            try:
+                st = os.lstat(self.workspace / rel)
+            except FileNotFoundError:
+                self.on_host.pop(rel, None)
+                continue
+            kind = ("directory" if stat.S_ISDIR(st.st_mode) else "symbolic link" if stat.S_ISLNK(st.st_mode)
+                    else "regular file")
+            self.on_host[rel] = _signature(kind, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns // 1000)
 
     def _dir_info(self, name: str, mode: int) -> tarfile.TarInfo:
         info = tarfile.TarInfo(name)

@@ -11,6 +11,7 @@ once per session, spares pre-started while tests run, shared network namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -323,12 +324,13 @@ class ContainerEnv(BuildEnv):
         if timeout is not None:
             env = {**env, "BUILDENV_EXEC": marker}
         with lost_during(f"the command {argv[0]!r} in {self.name}"):
-            token = ""
+            token, stdin = "", None
             if self.copied is not None:  # what changed on the host goes in; the wrapped exec lists the tree after
-                argv, token = self.copied.command(argv)
-                env = {**env, "BUILDENV_SYNC": token}
-            exec_id = api.exec_create(self.id, argv, environment=env, workdir=str(cwd), user=user or "")["Id"]
-            stream = api.exec_start(exec_id, stream=True, demux=True)
+                argv, token, stdin = self.copied.command(argv)
+                env = {**env, "BUILDENV_SYNC": token, **({"BUILDENV_SYNC_IN": "1"} if stdin else {})}
+            exec_id = api.exec_create(self.id, argv, environment=env, workdir=str(cwd), user=user or "",
+                                      stdin=stdin is not None)["Id"]
+            stream = _exec_stream(api, exec_id, stdin)
             out: list[bytes] = []
             err: list[bytes] = []
             timed_out = False
@@ -475,6 +477,22 @@ def extract_safely(archive: tarfile.TarFile, members: list[tarfile.TarInfo], whe
             target_path = where / member.name
             os.chmod(target_path, (member.mode & 0o755) | 0o600)
             os.utime(target_path, (member.mtime, member.mtime))
+
+
+def _exec_stream(api: Any, exec_id: str, stdin: Optional[bytes]) -> Iterable[tuple[Optional[bytes], Optional[bytes]]]:
+    """The exec's (stdout, stderr) chunks; with `stdin`, that is written to it first, then closed."""
+    if stdin is None:
+        return api.exec_start(exec_id, stream=True, demux=True)  # type: ignore[no-any-return]
+    import socket
+
+    from docker.utils.socket import demux_adaptor, frames_iter
+
+    sock = api.exec_start(exec_id, socket=True)
+    raw = getattr(sock, "_sock", sock)
+    raw.sendall(stdin)
+    with contextlib.suppress(OSError, AttributeError):
+        raw.shutdown(socket.SHUT_WR)  # tar stops at the archive's end anyway
+    return (demux_adaptor(*frame) for frame in frames_iter(sock, tty=False))  # type: ignore[no-untyped-call]
 
 
 def _drain(stream: Iterable[tuple[Optional[bytes], Optional[bytes]]], out: list[bytes], err: list[bytes]) -> None:

@@ -160,7 +160,7 @@ def machines_of(vagrantfile: Path) -> list[Machine]:
 
 def _vagrant_words(text: str) -> str:
     """Vagrant's "Message: ..." (and "Line number: ..."), else its first line that is no backtrace frame."""
-    fields = dict(re.findall(r"^(Message|Line number): (.*)$", text, re.MULTILINE))
+    fields: dict[str, str] = dict(re.findall(r"^(Message|Line number): (.*)$", text, re.MULTILINE))
     if "Message" in fields:
         return fields["Message"] + (f" (line {fields['Line number']})" if "Line number" in fields else "")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not _FRAME.search(line)]
