@@ -349,9 +349,9 @@ class ContainerEnv(BuildEnv):
                         self.killed_by = "its builder, killed whole: no process could start in it to end the command"
                         reader.join(10)
             exit_code = api.exec_inspect(exec_id)["ExitCode"]
+            if self.copied is not None:  # the builder's report follows the command's own stderr
+                err = [self.copied.pull(token, b"".join(err))]
             stderr = _text(err)
-            if self.copied is not None:  # the listing follows the command's own stderr
-                stderr = self.copied.pull(token, stderr)
         code, stdout = (-9 if exit_code is None else int(exit_code)), _text(out)
         if code == 126 and "executable file not found" in stdout:
             # The engine's own words, on stdout with 126; a shell (and `docker run`) says 127 on stderr.
