@@ -18,6 +18,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reap.add_argument("--session", help="only this session's resources")
     reap.add_argument("--include-kept", action="store_true", help="also resources kept with --buildenv-keep")
     reap.add_argument("--include-cache", action="store_true", help="also cached provisioned snapshots")
+    reap.add_argument("--buildenv", default="", metavar="KIND[,KIND...]", help="only these kinds' resources")
     reap.add_argument("--older-than", type=float, metavar="HOURS",
                       help="also remove other hosts' resources older than this")
     doctor = commands.add_parser("doctor", help="say, for each kind, whether it is usable here and why not")
@@ -48,7 +49,12 @@ def _reap(args: argparse.Namespace) -> int:
     from .registry import BUILTIN
 
     max_age = args.older_than * 3600 if args.older_than is not None else None
-    findings = reap_kinds(BUILTIN, dry_run=args.dry_run, session=args.session, include_kept=args.include_kept,
+    kinds = [k.strip() for k in args.buildenv.split(",") if k.strip()] or list(BUILTIN)
+    unknown = [k for k in kinds if k not in BUILTIN]
+    if unknown:
+        print(f"unknown kind {unknown[0]!r}; choose from {', '.join(BUILTIN)}", file=sys.stderr)
+        return 2
+    findings = reap_kinds(kinds, dry_run=args.dry_run, session=args.session, include_kept=args.include_kept,
                           foreign_max_age=max_age, include_cache=args.include_cache,
                           unreachable=lambda why: print(f"not looked at: {why}"))
     for finding in findings:

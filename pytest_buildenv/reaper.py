@@ -73,6 +73,8 @@ class OwnerLock:
 
 def owner_alive(host: str, pid: int) -> bool:
     """Is the process that labelled a resource on this host still running a session?"""
+    if pid <= 0:  # unknown (kill(0) would signal our own process group and say yes)
+        return False
     path = _owner_file(host, pid)
     try:
         fd = os.open(path, os.O_RDONLY)

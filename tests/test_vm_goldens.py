@@ -183,7 +183,7 @@ def test_reap_include_cache_removes_golden_boxes_and_their_volumes(tmp_path):
     volume = box.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_0_1_box.img"  # as vagrant-libvirt names it
     subprocess.run(["virsh", "-c", URI, "vol-create-as", "default", volume, "1M"], check=True, capture_output=True)
     try:
-        reap = [sys.executable, "-m", "pytest_buildenv", "reap"]
+        reap = [sys.executable, "-m", "pytest_buildenv", "reap", "--buildenv=vm"]
         kept = subprocess.run(reap, capture_output=True, text=True).stdout
         assert f"keep: golden {box} " in kept and installed(box)
         doctor = subprocess.run([sys.executable, "-m", "pytest_buildenv", "doctor"], capture_output=True, text=True).stdout
@@ -206,6 +206,7 @@ def test_a_clone_that_cannot_boot_says_libvirts_cause_first(tmp_path):
     from pytest_buildenv.naming import Owner, new_session_id
 
     try:
+        (tmp_path / "ws").mkdir()
         with pytest.raises(VMError) as raised:
             vm.VMClone(box, tmp_path / "ws", tmp_path / "state", Owner(new_session_id()), test="noboot",
                        boot_timeout=60).start()
@@ -232,6 +233,7 @@ def test_log_cause_skips_backtrace_frames():
 # --- real goldens -------------------------------------------------------------------------------
 def test_multi_machine_golden_from_env_box_boots_clones(project, tmp_path):
     golden = GoldenVM(project / "Vagrantfile", tmp_path / "state", machine="builder")
+    (tmp_path / "ws").mkdir()
     try:
         golden.ensure()
         with golden.clone(tmp_path / "ws", test="multi") as clone:
@@ -244,10 +246,25 @@ def test_multi_machine_golden_from_env_box_boots_clones(project, tmp_path):
         (vm._golden_records() / f"{golden.hash[:16]}.json").unlink(missing_ok=True)
 
 
-def test_a_base_box_with_included_kernel_boots_as_a_golden(tmp_path):
+@pytest.fixture
+def qemu_readable_vagrant_home(monkeypatch):
+    """QEMU (libvirt's system instance runs it as its own user) reads a box's included kernel where the
+    box is: a Vagrant home it can read, as a user's ~/.vagrant.d is on a desktop (root's is 0700)."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="buildenv-test-vagrant-home-", dir="/var/tmp"))
+    home.chmod(0o755)
+    monkeypatch.setenv("VAGRANT_HOME", str(home))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_base_box_with_included_kernel_boots_as_a_golden(tmp_path, qemu_readable_vagrant_home, monkeypatch):
     """A box made with `vagrant package --include vmlinuz,initrd --vagrantfile V`, V naming them beside
     itself: its golden carries them, so its clones boot."""
+    monkeypatch.setenv("VAGRANT_HOME", str(Path.home() / ".vagrant.d"))
     source = vm.box_dir(TEST_BOX)
+    monkeypatch.setenv("VAGRANT_HOME", str(qemu_readable_vagrant_home))
     assert source is not None
     settings = (source / "Vagrantfile").read_text()
     kernel = next(line.split('"')[1] for line in settings.splitlines() if "libvirt.kernel" in line)
@@ -276,6 +293,7 @@ def test_a_base_box_with_included_kernel_boots_as_a_golden(tmp_path):
     (project / "Vagrantfile").write_text('Vagrant.configure("2") do |config|\n  config.vm.box = "buildenv-test/included"\n'
                                          '  config.vm.provision "shell", inline: "echo included > /home/vagrant/m"\nend\n')
     golden = GoldenVM(project / "Vagrantfile", tmp_path / "state")
+    (tmp_path / "ws").mkdir()
     try:
         golden.ensure()
         packaged = vm.box_dir(golden.box)

@@ -595,9 +595,10 @@ def prune_goldens(vagrantfile: Path, keep: int, progress: Any = None) -> list[st
 
 def _box_volumes(box: str, pool: str = "default", uri: str = "qemu:///system") -> list[str]:
     """vagrant-libvirt uploads a box into the pool as <box, / as -VAGRANTSLASH->_vagrant_box_image_<...>."""
-    listed = subprocess.run(["virsh", "-c", uri, "vol-list", pool, "--name"], capture_output=True, text=True)
+    listed = subprocess.run(["virsh", "-c", uri, "vol-list", pool], capture_output=True, text=True)
     prefix = box.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
-    return [name.strip() for name in listed.stdout.splitlines() if name.strip().startswith(prefix)]
+    names = [line.split()[0] for line in listed.stdout.splitlines()[2:] if line.strip()]  # below the header
+    return [name for name in names if name.startswith(prefix)]
 
 
 def remove_golden(box: str, pool: str = "default", uri: str = "qemu:///system") -> None:
