@@ -211,7 +211,7 @@ def test_a_clone_that_cannot_boot_says_libvirts_cause_first(tmp_path):
             vm.VMClone(box, tmp_path / "ws", tmp_path / "state", Owner(new_session_id()), test="noboot",
                        boot_timeout=60).start()
         first = str(raised.value).splitlines()[0]
-        assert first.startswith(f"booting clone ") and "Call to virDomainCreate" in first, first
+        assert first.startswith("booting clone ") and "Call to virDomainCreate" in first, first
         assert "vmlinuz-missing" in first and ".rb:" not in first
         assert not [d for d, _ in vm.labelled_domains() if "noboot" in d]
     finally:
