@@ -224,10 +224,9 @@ class BuildEnvSession:
 
     def header_lines(self) -> list[str]:
         """What the enabled kinds run on (the container engine, once for the kinds that share it)."""
-        headers = (self.registry.spec(kind).header for kind in self.selection.kinds)
-        lines = dict.fromkeys(f"buildenv: {self._survive('describing', header, '(not answering)')}"
-                              for header in headers if header is not None)
-        return list(lines)
+        headers = dict.fromkeys(self.registry.spec(kind).header for kind in self.selection.kinds)
+        return [f"buildenv: {self._survive('describing', header, '(not answering)')}"
+                for header in headers if header is not None]
 
     def summary_lines(self) -> list[str]:
         made = ", ".join(f"{n} {kind}" for kind, n in sorted(self.stats.made.items())) or "none"

@@ -75,7 +75,7 @@ def wait_for_removals() -> list[BaseException]:
 def start_idle_container(client: docker.DockerClient, image: str, *, name: str, user: str, labels: dict[str, str],
                          role: str, network: Optional[str] = None, mounts: Iterable[Mount] = (),
                          group_add: Iterable[str] = (), setuid: bool = False,
-                         host: Optional[Mapping[str, Any]] = None, userns: Optional[str] = None, **create: Any) -> str:
+                         host: Optional[Mapping[str, Any]] = None, **create: Any) -> str:
     """Create and start a container idling on `sleep infinity`, under our security defaults:
     never privileged, no-new-privileges, and an init that reaps what timed-out commands leave
     (so `ps` in a test stays truthful). `role` names it in errors; `create` goes to create_container.
@@ -83,16 +83,17 @@ def start_idle_container(client: docker.DockerClient, image: str, *, name: str, 
     `setuid=True` is the one exception, for provisioning a snapshot: its steps install packages,
     and package tools may switch users through setuid helpers (su, sudo), which no-new-privileges stops.
     `host` adds host-config options: limits, and what a user put in docker_options (checked before).
-    `userns` is the engine's user namespace mode for our containers unless given (keep-id on rootless Podman)."""
+    The engine decides the rest (endpoint.run_as): its user namespace mode (keep-id on rootless Podman),
+    and whether the user's other groups exist in its id space."""
     import docker
 
     from .endpoint import describe, run_as
 
     api = client.api
     extra = dict(host or {})
-    engine = describe(client)
-    if engine.rootless:
-        group_add = ()  # the user's other groups do not exist in a rootless engine's id space
+    policy = run_as(describe(client), 0, 0)
+    if not policy.extra_groups:
+        group_add = ()
     host_config = api.create_host_config(
         mounts=[docker.types.Mount(m.target, m.source, type=m.type, read_only=m.read_only) for m in mounts],
         group_add=list(group_add),
@@ -102,9 +103,8 @@ def start_idle_container(client: docker.DockerClient, image: str, *, name: str, 
         init=True,
         **extra,
     )
-    userns = userns or run_as(engine, 0, 0).userns
-    if userns:
-        host_config["UsernsMode"] = userns  # the SDK's HostConfig takes only "host"; the engine takes more
+    if policy.userns:
+        host_config["UsernsMode"] = policy.userns  # the SDK's HostConfig takes only "host"; the engine takes more
     with daemon_errors(f"starting a {role} from {image}"):
         try:
             created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name, user=user,

@@ -36,6 +36,11 @@ class Endpoint:
     def default(self) -> bool:
         return self.url == DEFAULT_URL and self.source == "the default socket"
 
+    @property
+    def cli_environment(self) -> dict[str, str]:
+        """What makes the Docker CLI (ours in a printed command, kind's) use this engine."""
+        return {} if self.default else {"DOCKER_HOST": self.url}
+
 
 _explicit: tuple[Optional[str], str] = (None, "")
 

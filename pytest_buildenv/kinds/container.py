@@ -175,8 +175,7 @@ class ContainerEnv(BuildEnv):
         if not self.id:
             from ..engine.endpoint import describe, run_as
 
-            who = run_as(describe(self.client), self.user.uid, self.user.gid)
-            self.user_spec = who.user
+            self.user_spec = run_as(describe(self.client), self.user.uid, self.user.gid).user
             env = {"HOME": str(WORKDIR)}
             mounts = self._host_mounts()
             if self.ssh_agent:
@@ -185,8 +184,8 @@ class ContainerEnv(BuildEnv):
             self.id = start_idle_container(
                 self.client, self.image, name=self.name, user=self.user_spec,
                 labels=self.owner.labels(self.kind, self.test), role="builder container", network=self.network,
-                mounts=mounts, group_add=self.user.extra_groups(self.group_add) if who.extra_groups else (),
-                host=self.host_options, working_dir=str(WORKDIR), environment=env)
+                mounts=mounts, group_add=self.user.extra_groups(self.group_add), host=self.host_options,
+                working_dir=str(WORKDIR), environment=env)
             emit("created", "container", self.name, self.owner.session, kind=self.kind)
             if self.copy_workspace:
                 self._seed_copy()
@@ -399,16 +398,24 @@ class ContainerEnv(BuildEnv):
             return member, payload
 
     def _stat_outside(self, path: PurePosixPath) -> Optional[FileInfo]:
-        """stat in the builder: the archive API's owners are not the builder's on every engine
-        (rootless Podman's say 0 for every file)."""
+        """stat in the builder, as its user: the archive API's owners are not the builder's on every
+        engine (rootless Podman's say 0 for every file). Where that user cannot look (and an exec as
+        root in a user's builder has no capabilities), the archive API, which the engine serves."""
         api = self.client.api
         with lost_during(f"looking at {path} in {self.name}"):
-            exec_id = api.exec_create(self.id, ["stat", "-c", "%f|%s|%u|%g", str(path)], user="0")["Id"]
+            exec_id = api.exec_create(self.id, ["stat", "-c", "%f|%s|%u|%g", str(path)], user=self.user_spec)["Id"]
             output = api.exec_start(exec_id).decode("utf-8", "replace").strip()
-            if api.exec_inspect(exec_id)["ExitCode"] != 0:
-                return None
-        mode, size, uid, gid = output.split("|")
-        return FileInfo(mode=int(mode, 16), size=int(size), uid=int(uid), gid=int(gid))
+            if api.exec_inspect(exec_id)["ExitCode"] == 0:
+                mode, size, uid, gid = output.split("|")
+                return FileInfo(mode=int(mode, 16), size=int(size), uid=int(uid), gid=int(gid))
+        if "No such file" in output:
+            return None
+        found = self._archive_member(path)
+        if found is None:
+            return None
+        member, _ = found
+        type_bits = 0o040000 if member.isdir() else 0o120000 if member.issym() else 0o100000
+        return FileInfo(mode=type_bits | member.mode, size=member.size, uid=member.uid, gid=member.gid)
 
     def _read_outside(self, path: PurePosixPath) -> bytes:
         found = self._archive_member(path)
@@ -675,8 +682,7 @@ class Builders:
         from ..engine.endpoint import current
 
         assert isinstance(env, ContainerEnv)
-        endpoint = current()
-        engine = "" if endpoint.default else f"DOCKER_HOST={endpoint.url} "
+        engine = "".join(f"{name}={value} " for name, value in current().cli_environment.items())
         return (f"{env.kind} {env.name}: {engine}docker exec -it --user {env.user_spec} --workdir {env.workdir} "
                 f"{env.name} sh   (workspace {env.workspace})")
 

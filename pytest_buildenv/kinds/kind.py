@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 from collections.abc import Iterator, Mapping, Sequence
 
+from ..engine import where
 from ..errors import ClusterError, ConfigError, tail
 from ..events import emit
 from ..handle import BuildEnv
@@ -103,8 +104,7 @@ def kind_environment() -> dict[str, str]:
     """kind drives the Docker CLI (its docker provider, `kind load docker-image`): the session's engine."""
     from ..engine.endpoint import current
 
-    endpoint = current()
-    return {} if endpoint.default else {"DOCKER_HOST": endpoint.url}
+    return current().cli_environment
 
 
 def _run(argv: Sequence[str], *, timeout: Optional[float] = None, env: Optional[Mapping[str, str]] = None) -> Result:
@@ -279,7 +279,7 @@ class KindCluster:
         try:
             return self.client.images.get(tag)
         except docker.errors.ImageNotFound:
-            raise ClusterError(f"image {tag!r} is not on the engine at {_engine_url()}; build or pull it "
+            raise ClusterError(f"image {tag!r} is not on the engine at {where()}; build or pull it "
                                "before load_image()") from None
 
     def apply(self, manifest: Union[str, Path], namespace: str = "default") -> list[Any]:
@@ -472,12 +472,6 @@ class Clusters:
         # Clusters belong to the process that outlives every worker.
         return KindCluster(name, self.services.shared.directory, kind_bin=kind_bin, reuse=reuse,
                            owner=self.services.session_owner, client=self.client, **options)
-
-
-def _engine_url() -> str:
-    from ..engine import where
-
-    return where()
 
 
 def check(defaults: Mapping[str, Any]) -> Check:

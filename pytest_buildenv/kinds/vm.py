@@ -593,12 +593,16 @@ def prune_goldens(vagrantfile: Path, keep: int, progress: Any = None) -> list[st
     return removed
 
 
-def _box_volumes(box: str, pool: str = "default", uri: str = "qemu:///system") -> list[str]:
-    """vagrant-libvirt uploads a box into the pool as <box, / as -VAGRANTSLASH->_vagrant_box_image_<...>."""
+def _pool_volumes(pool: str = "default", uri: str = "qemu:///system") -> list[str]:
     listed = subprocess.run(["virsh", "-c", uri, "vol-list", pool], capture_output=True, text=True)
+    return [line.split()[0] for line in listed.stdout.splitlines()[2:] if line.strip()]  # below the header
+
+
+def _box_volumes(box: str, pool: str = "default", uri: str = "qemu:///system",
+                 volumes: Optional[list[str]] = None) -> list[str]:
+    """vagrant-libvirt uploads a box into the pool as <box, / as -VAGRANTSLASH->_vagrant_box_image_<...>."""
     prefix = box.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
-    names = [line.split()[0] for line in listed.stdout.splitlines()[2:] if line.strip()]  # below the header
-    return [name for name in names if name.startswith(prefix)]
+    return [name for name in (volumes if volumes is not None else _pool_volumes(pool, uri)) if name.startswith(prefix)]
 
 
 def remove_golden(box: str, pool: str = "default", uri: str = "qemu:///system") -> None:
@@ -621,7 +625,8 @@ def goldens_held() -> str:
     boxes = installed_goldens()
     records = {r["box"]: r for r in golden_records()}
     names = [b.name.replace("-VAGRANTSLASH-", "/") for b in boxes]
-    pool = sum(int(_volume_bytes(v)) for name in names for v in _box_volumes(name))
+    volumes = _pool_volumes()
+    pool = sum(_volume_bytes(v) for name in names for v in _box_volumes(name, volumes=volumes))
     sources = sorted({records[n]["vagrantfile"] for n in names if n in records})
     return (f"golden boxes: {len(boxes)} ({sum(_size(b) for b in boxes) // 2**20} MiB in {vagrant_home()}, "
             f"{pool // 2**20} MiB in libvirt's pool) from {len(sources)} Vagrantfile(s)"
