@@ -1,24 +1,28 @@
-"""The KIND kind on the real kind CLI (Debian's kind 0.33), nodes from an offline FAKE NODE image.
+"""The KIND kind on a real Kubernetes.
 
-kind runs for real: it starts node containers (kind's Podman provider here: Docker on these
-machines refuses privileged containers), waits for them, runs kubeadm, kubectl, ctr and crictl in
-them, writes the kubeconfig, loads images, exports logs, deletes. What runs *inside* a node is fake
-(tests/fakes/kind_node, built by .ci/kind-node-image): no Kubernetes, but a FAKE API server behind
-kind's published port, so the kubeconfig kind writes works with the kubernetes client.
-The CI stage: KIND_EXPERIMENTAL_PROVIDER=podman, DOCKER_HOST at rootful Podman's socket (where
-kind's nodes live), --buildenv=kind --kind-bin=<Debian's kind> --kind-image=<the node image>, as
-root (kind's rootless Podman needs cgroup v2; these machines have v1).
-tests/test_kind_real.py runs a real cluster (real node image, helm) where one can be had.
+The real kind CLI (Debian's 0.33) creates clusters from the node image .ci/kind-node-image builds
+offline: systemd, containerd and runc, a kubelet, and kubeadm's control plane (etcd, the API
+server, the controller manager, the scheduler), kube-proxy, CoreDNS and a CNI, all built here from
+Go modules and Debian packages. On the host: the real kubectl and helm of the same build.
+
+The CI stage runs this file and examples/kind_app with -n 2, as root (kind's Podman provider;
+Docker here refuses privileged containers, and kind's rootless Podman needs cgroup v2, which
+these machines lack): KIND_EXPERIMENTAL_PROVIDER=podman, DOCKER_HOST at rootful Podman's socket,
+--buildenv=kind,container --kind-bin=<Debian's kind> --kind-image=<the node image>.
+
+Most tests share the session's two-node cluster through `kind_cluster` (marked `SHARED`), each in
+a namespace of its own; the lifecycle tests make clusters of their own.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import docker
@@ -30,15 +34,18 @@ from pytest_buildenv.events import read as read_events
 from pytest_buildenv.kinds.kind import KindCluster
 from pytest_buildenv.naming import KIND_CLUSTER_LABEL, Owner, new_session_id
 
-FAKES = Path(__file__).parent / "fakes"
-FAKE_KUBECTL = str(FAKES / "kubectl")  # on the host: only port-forward (no kubectl binary exists here)
-sys.path.insert(0, str(FAKES))
-from fake_kube_api import FakeKubeAPI  # noqa: E402
+DATA = Path(__file__).parent / "data" / "kind"
+BUSYBOX = "buildenv-test/busybox:1"
+NODE_PORT = 30080
+# The session's cluster: a control plane publishing a NodePort on the host (kind picks the host
+# port: hostPort 0), and a worker.
+TWO_NODES = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4",
+             "nodes": [{"role": "control-plane",
+                        "extraPortMappings": [{"containerPort": NODE_PORT, "hostPort": 0, "listenAddress": "127.0.0.1"}]},
+                       {"role": "worker"}]}
+SHARED = pytest.mark.kind(config=TWO_NODES)
 
-# Every test here needs a kind cluster: skipped unless --buildenv=kind, an error if kind is missing then.
-# They start pytest sessions of their own, and every session reaps dead owners' resources when it
-# starts: one at a time (see one_session_at_a_time in conftest.py).
-pytestmark = [pytest.mark.kind, pytest.mark.usefixtures("one_session_at_a_time")]
+pytestmark = pytest.mark.kind  # skipped unless --buildenv=kind; an error if kind is missing then
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +68,240 @@ def client():
     return connect()  # the suite's engine: the one kind's nodes are on in the kind stage
 
 
+def nodes(client, name):
+    return client.containers.list(all=True, filters={"label": f"{KIND_CLUSTER_LABEL}={name}"})
+
+
+def node_exec(client, node: str, *argv: str) -> str:
+    return client.containers.get(node).exec_run(list(argv)).output.decode()
+
+
 @pytest.fixture
-def cluster_name():
-    return f"bt-{new_session_id()}"
+def namespace(kind_cluster):
+    """A namespace of the test's own in the shared cluster (tests on other workers use it too)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kind_cluster.kubectl("create", "namespace", name)
+    yield name
+    kind_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+@pytest.fixture
+def busybox_loaded(kind_cluster):
+    kind_cluster.load_image(BUSYBOX)
+    return BUSYBOX
+
+
+def pod(name: str, command: str, **spec) -> str:
+    return yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+                           "spec": {"containers": [{"name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
+                                                    "command": ["sh", "-c", command]}], **spec}})
+
+
+# --- the cluster is a real one ----------------------------------------------------------
+@SHARED
+def test_a_real_cluster_of_two_ready_nodes(kind_cluster):
+    kind_cluster.wait_ready("nodes", timeout=120)
+    listed = json.loads(kind_cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    names = sorted(n["metadata"]["name"] for n in listed)
+    assert names == [f"{kind_cluster.name}-control-plane", f"{kind_cluster.name}-worker"]
+    versions = {n["status"]["nodeInfo"]["kubeletVersion"] for n in listed}
+    runtimes = {n["status"]["nodeInfo"]["containerRuntimeVersion"] for n in listed}
+    assert len(versions) == 1 and versions.pop().startswith("v1."), listed
+    assert all(r.startswith("containerd://2.") for r in runtimes), runtimes
+    # Discovery, which the fake API server never had, is what every kubectl verb starts with.
+    resources = kind_cluster.kubectl("api-resources", "-o", "name").stdout.split()
+    assert {"deployments.apps", "pods", "customresourcedefinitions.apiextensions.k8s.io"} <= set(resources)
+    system = json.loads(kind_cluster.kubectl("get", "pods", "-n", "kube-system", "-o", "json").stdout)["items"]
+    running = {p["metadata"]["name"].rsplit("-", 1)[0] for p in system if p["status"]["phase"] == "Running"}
+    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        assert f"{component}-{kind_cluster.name}" in running, running
+
+
+@SHARED
+def test_load_image_lands_in_every_node_under_its_own_name(kind_cluster, client, busybox_loaded):
+    for node in (f"{kind_cluster.name}-control-plane", f"{kind_cluster.name}-worker"):
+        listed = node_exec(client, node, "crictl", "images", "-o", "json")
+        tags = {t for image in json.loads(listed)["images"] for t in image["repoTags"]}
+        assert f"docker.io/{BUSYBOX}" in tags, (node, tags)  # what a pod's `image: buildenv-test/busybox:1` means
+    with pytest.raises(ClusterError, match="'buildenv-test/absent:1' is not on the engine at "):
+        kind_cluster.load_image("buildenv-test/absent:1")
+
+
+@SHARED
+def test_load_image_archive(kind_cluster, client, tmp_path):
+    archive = tmp_path / "busybox.tar"
+    archive.write_bytes(b"".join(client.images.get(BUSYBOX).save(named=True)))
+    kind_cluster.load_image(str(archive))
+    listed = node_exec(client, f"{kind_cluster.name}-worker", "crictl", "images")
+    assert "buildenv-test/busybox" in listed
+
+
+@SHARED
+def test_pods_on_both_nodes_reach_each_other_through_a_service(kind_cluster, namespace, busybox_loaded):
+    """A pod on the worker serves; a pod on the control plane fetches it by the service's DNS name:
+    the CNI's routes between nodes, kube-proxy's rules and CoreDNS, for real."""
+    worker, control_plane = f"{kind_cluster.name}-worker", f"{kind_cluster.name}-control-plane"
+    kind_cluster.apply(pod("web", "mkdir /www && hostname > /www/index.html && httpd -f -p 8080 -h /www",
+                           nodeName=worker), namespace=namespace)
+    kind_cluster.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                                       "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+                       namespace=namespace)
+    kind_cluster.apply(pod("client", "sleep 3600", nodeName=control_plane), namespace=namespace)
+    kind_cluster.wait_ready("pod", namespace=namespace, timeout=120)
+    fetched = kind_cluster.kubectl("exec", "-n", namespace, "client", "--", "wget", "-qO-", "-T", "10",
+                                   f"http://web.{namespace}.svc.cluster.local/")
+    assert fetched.stdout.strip() == "web"  # the worker's pod answered (its hostname is the pod's name)
+
+
+# --- the kubernetes-API helpers ---------------------------------------------------------
+MANIFEST = f"""
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{greeting: hello}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+        - name: web
+          image: {BUSYBOX}
+          imagePullPolicy: Never
+          command: [sh, -c, "mkdir /www && echo ok > /www/index.html && httpd -f -p 8080 -h /www"]
+          readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+"""
+
+
+@SHARED
+def test_apply_then_wait_ready(kind_cluster, namespace, busybox_loaded):
+    from kubernetes import client as k8s
+
+    created = kind_cluster.apply(MANIFEST, namespace=namespace)
+    assert [type(o).__name__ for o in created] == ["V1ConfigMap", "V1Deployment"]
+    kind_cluster.wait_ready("deployment", "web", namespace=namespace, timeout=120)
+    deployment = k8s.AppsV1Api(kind_cluster.api).read_namespaced_deployment("web", namespace)
+    assert deployment.status.ready_replicas == 2
+    maps = k8s.CoreV1Api(kind_cluster.api).list_namespaced_config_map(namespace).items
+    assert [m.data for m in maps if m.metadata.name == "settings"] == [{"greeting": "hello"}]
+
+
+def deployment(name: str, image: str, command: str = "sleep 3600", **spec) -> str:
+    return yaml.safe_dump({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+                           "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                                    "template": {"metadata": {"labels": {"app": name}},
+                                                 "spec": {"containers": [{"name": "main", "image": image,
+                                                                          "imagePullPolicy": spec.pop("pull", "Never"),
+                                                                          "command": ["sh", "-c", command]}], **spec}}}})
+
+
+@SHARED
+def test_wait_ready_says_why_each_pod_is_not_ready(kind_cluster, namespace, busybox_loaded):
+    kind_cluster.apply(deployment("never-loaded", "buildenv-test/never-loaded:1"), namespace=namespace)
+    kind_cluster.apply(deployment("no-registry", "buildenv-test/never-loaded:1", pull="IfNotPresent"), namespace=namespace)
+    kind_cluster.apply(deployment("crashing", BUSYBOX, "echo the last words; exit 3"), namespace=namespace)
+    kind_cluster.apply(deployment("unschedulable", BUSYBOX, nodeSelector={"disk": "none-has-it"}), namespace=namespace)
+
+    def why(name: str, timeout: float) -> str:
+        with pytest.raises(ClusterError) as raised:
+            kind_cluster.wait_ready("deployment", name, namespace=namespace, timeout=timeout, interval=1)
+        message = str(raised.value)
+        assert message.startswith(f"not ready after {timeout:g} s in {kind_cluster.name}: deployment/{name} (0/1 ready: pod/")
+        assert "\n" not in message
+        return message
+
+    assert "ErrImageNeverPull" in (line := why("never-loaded", 20)) and "load_image('buildenv-test/never-loaded:1')" in line
+    assert any(reason in (line := why("no-registry", 20)) for reason in ("ErrImagePull", "ImagePullBackOff")), line
+    assert "no registry is reachable" in line
+    crash = why("crashing", 60)
+    assert "CrashLoopBackOff, exit 3: the last words" in crash, crash
+    pending = why("unschedulable", 10)
+    assert "Pending: 0/2 nodes are available" in pending and "node affinity/selector" in pending, pending
+    with pytest.raises(ConfigError, match="knows deployment, pod and node"):
+        kind_cluster.wait_ready("statefulset")
+
+
+# --- helm, port-forward, NodePort: the flow users write -------------------------------------
+@SHARED
+def test_helm_install_then_reach_the_app_by_port_forward_and_node_port(kind_cluster, client, namespace, busybox_loaded):
+    kind_cluster.helm_install("hello", str(DATA / "chart"), namespace=namespace,
+                              values={"image": BUSYBOX, "service": {"type": "NodePort", "nodePort": NODE_PORT}})
+    kind_cluster.wait_ready("deployment", "hello", namespace=namespace, timeout=120)
+    releases = json.loads(subprocess.run([kind_cluster.helm_bin, "list", "-n", namespace, "-o", "json", "--kubeconfig",
+                                          str(kind_cluster.kubeconfig)], capture_output=True, text=True, check=True).stdout)
+    assert [(r["name"], r["status"]) for r in releases] == [("hello", "deployed")]
+
+    with kind_cluster.port_forward("svc/hello", 80, namespace=namespace) as port:
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode() == "hello from kind\n"
+
+    # kind published the control plane's NodePort on the host (extraPortMappings, hostPort 0).
+    bindings = client.containers.get(f"{kind_cluster.name}-control-plane").attrs["NetworkSettings"]["Ports"]
+    host_port = int(bindings[f"{NODE_PORT}/tcp"][0]["HostPort"])
+    assert urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=10).read().decode() == "hello from kind\n"
+
+
+@SHARED
+def test_port_forward_to_nothing_is_kubectls_own_words(kind_cluster, namespace):
+    with pytest.raises(ClusterError, match=r"kubectl port-forward svc/missing exited 1: .*services \"missing\" not found"):
+        with kind_cluster.port_forward("svc/missing", 80, namespace=namespace):
+            pass
+
+
+@SHARED
+def test_a_chart_that_fails_is_helms_own_error(kind_cluster, namespace, busybox_loaded):
+    with pytest.raises(ClusterError) as raised:
+        kind_cluster.helm_install("broken", str(DATA / "broken-chart"), namespace=namespace)
+    first = str(raised.value).splitlines()[0]
+    assert first.startswith("helm install broken (") and "failed: Error: INSTALLATION FAILED: " in first, first
+    assert "nil pointer" in first or "missing" in first, first
+    with pytest.raises(ClusterError) as raised:  # installs, but its pods never get ready
+        kind_cluster.helm_install("unready", str(DATA / "chart"), namespace=namespace, timeout="15s",
+                                  values={"image": "buildenv-test/never-loaded:1"})
+    first = str(raised.value).splitlines()[0]
+    assert "failed: Error: INSTALLATION FAILED: " in first and "ErrImageNeverPull" in first, first
+
+
+@SHARED
+def test_export_logs_has_each_nodes_own(kind_cluster, tmp_path):
+    dest = kind_cluster.export_logs(tmp_path / "logs")
+    for role in ("control-plane", "worker"):
+        node = dest / f"{kind_cluster.name}-{role}"
+        assert (node / "kubernetes-version.txt").read_text().startswith("v1.")
+        assert "Started kubelet" in (node / "journal.log").read_text() or (node / "kubelet.log").stat().st_size > 0
+        assert "registry.k8s.io/kube-proxy" in (node / "images.log").read_text()
+        assert list((node / "pods").glob("kube-system_kube-proxy-*")), sorted(p.name for p in node.iterdir())
+
+
+@SHARED
+def test_reuse_by_name_never_deletes_and_a_clash_never_touches_the_owner(kind_cluster, client, tmp_path):
+    reused = KindCluster(kind_cluster.name, tmp_path / "reused", reuse=True, kind_bin=kind_cluster.kind_bin).create()
+    assert yaml.safe_load(reused.kubeconfig.read_text())["current-context"] == f"kind-{kind_cluster.name}"
+    reused.delete()
+    assert len(nodes(client, kind_cluster.name)) == 2
+    clash = KindCluster(kind_cluster.name, tmp_path / "clash", kind_bin=kind_cluster.kind_bin,
+                        owner=Owner(new_session_id()), client=client)
+    with pytest.raises(ClusterError) as raised:
+        clash.create()
+    assert str(raised.value).splitlines()[0] == (
+        f"kind create cluster {kind_cluster.name} failed: ERROR: failed to create cluster: "
+        f'node(s) already exist for a cluster with the name "{kind_cluster.name}"')
+    client.volumes.get(f"{kind_cluster.name}-owner")  # the owner's shadow is still there
+
+
+# --- clusters of their own: lifecycle, bad input --------------------------------------------
 @pytest.fixture
 def make_cluster(tmp_path, client, kind_bin, node_image):
     made = []
 
     def make(name, **kwargs):
         kwargs.setdefault("image", node_image)
-        cluster = KindCluster(name, tmp_path / "state", kind_bin=kind_bin, kubectl_bin=FAKE_KUBECTL,
-                              owner=Owner(new_session_id()), client=client, **kwargs)
+        cluster = KindCluster(name, tmp_path / "state", kind_bin=kind_bin, owner=Owner(new_session_id()),
+                              client=client, **kwargs)
         made.append(cluster)
         return cluster
 
@@ -86,61 +314,49 @@ def make_cluster(tmp_path, client, kind_bin, node_image):
         assert nodes(client, cluster.name) == [], f"kind left nodes of {cluster.name}"
 
 
-def node_exec(client, node: str, *argv: str) -> str:
-    return client.containers.get(node).exec_run(list(argv)).output.decode()
-
-
-def nodes(client, name):
-    return client.containers.list(all=True, filters={"label": f"{KIND_CLUSTER_LABEL}={name}"})
-
-
-def test_create_and_delete_with_isolated_kubeconfig(make_cluster, client, cluster_name, tmp_path, monkeypatch):
+def test_one_node_cluster_lifecycle_with_an_isolated_kubeconfig(make_cluster, client, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    cluster = make_cluster(cluster_name, config={"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4",
-                                                 "nodes": [{"role": "control-plane"}, {"role": "worker"}]})
-    cluster.create()
-    assert sorted(n.name for n in nodes(client, cluster_name)) == [f"{cluster_name}-control-plane", f"{cluster_name}-worker"]
+    name = f"bt-{new_session_id()}"
+    cluster = make_cluster(name).create()
+    assert [n.name for n in nodes(client, name)] == [f"{name}-control-plane"]
     kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
-    assert kubeconfig["current-context"] == f"kind-{cluster_name}"
+    assert kubeconfig["current-context"] == f"kind-{name}"
     assert cluster.kubeconfig.parent == tmp_path / "state"
     assert not (tmp_path / "home" / ".kube" / "config").exists(), "never the user's ~/.kube/config"
-    assert client.volumes.get(f"{cluster_name}-owner").attrs["Labels"]["pytest-buildenv.cluster"] == cluster_name
+    assert client.volumes.get(f"{name}-owner").attrs["Labels"]["pytest-buildenv.cluster"] == name
+    # One node: kind untaints the control plane, so workloads schedule on it.
+    cluster.wait_ready("nodes", timeout=120)
+    taints = json.loads(cluster.kubectl("get", "node", f"{name}-control-plane", "-o", "json").stdout)["spec"].get("taints")
+    assert not taints, taints
     cluster.delete()
-    assert nodes(client, cluster_name) == []
+    assert nodes(client, name) == []
     with pytest.raises(docker.errors.NotFound):
-        client.volumes.get(f"{cluster_name}-owner")
+        client.volumes.get(f"{name}-owner")
     left = yaml.safe_load(cluster.kubeconfig.read_text())  # kind removes the cluster's entries
     assert not left.get("clusters") and not left.get("contexts") and not left.get("users"), left
 
 
-def test_name_clash_is_one_line_with_kinds_own_words(make_cluster, cluster_name):
-    make_cluster(cluster_name).create()
-    with pytest.raises(ClusterError) as raised:
-        make_cluster(cluster_name).create()
-    first = str(raised.value).splitlines()[0]
-    assert first == (f"kind create cluster {cluster_name} failed: ERROR: failed to create cluster: "
-                     f'node(s) already exist for a cluster with the name "{cluster_name}"')
-
-
-def test_missing_node_image_shows_kinds_stderr(make_cluster, cluster_name, client):
+def test_missing_node_image_shows_kinds_stderr(make_cluster, client):
+    name = f"bt-{new_session_id()}"
     with pytest.raises(ClusterError) as raised:  # no registry here: kind's pull fails
-        make_cluster(cluster_name, image="kindest/node:v0.0.0-absent").create()
+        make_cluster(name, image="kindest/node:v0.0.0-absent").create()
     first = str(raised.value).splitlines()[0]  # the cause (podman's last words), then kind's line
-    assert first.startswith(f"kind create cluster {cluster_name} failed: Error: initializing source "), first
+    assert first.startswith(f"kind create cluster {name} failed: Error: initializing source "), first
     assert 'failed to pull image "docker.io/kindest/node:v0.0.0-absent"' in first
-    assert nodes(client, cluster_name) == []
+    assert nodes(client, name) == []
     with pytest.raises(docker.errors.NotFound):  # the shadow goes too when creation fails
-        client.volumes.get(f"{cluster_name}-owner")
+        client.volumes.get(f"{name}-owner")
 
 
-def test_an_image_that_is_not_a_node_is_kinds_cause_first(make_cluster, cluster_name, client):
+def test_an_image_that_is_not_a_node_is_kinds_cause_first(make_cluster, client):
     """busybox is no node: it has no init, so kind never sees the node come up."""
+    name = f"bt-{new_session_id()}"
     with pytest.raises(ClusterError) as raised:
-        make_cluster(cluster_name, image="localhost/buildenv-test/busybox:1", wait="10s").create()
+        make_cluster(name, image=f"localhost/{BUSYBOX}", wait="10s").create()
     first = str(raised.value).splitlines()[0]
-    assert first.startswith(f"kind create cluster {cluster_name} failed: ") and "ERROR" in first, first
-    assert nodes(client, cluster_name) == []
+    assert first.startswith(f"kind create cluster {name} failed: ") and "ERROR" in first, first
+    assert nodes(client, name) == []
 
 
 @pytest.mark.parametrize("name", ["Upper", "under_score", "x" * 51])
@@ -160,208 +376,6 @@ def test_invalid_configs(tmp_path):
         KindCluster("ok", tmp_path, config=tmp_path / "absent.yaml")
 
 
-TWO_NODES = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4",
-             "nodes": [{"role": "control-plane"}, {"role": "worker"}]}
-
-
-def test_load_image_lands_in_every_node(make_cluster, cluster_name, client):
-    cluster = make_cluster(cluster_name, config=TWO_NODES).create()
-    cluster.load_image("buildenv-test/busybox:1")  # from the session's engine, into each node's containerd
-    for node in (f"{cluster_name}-control-plane", f"{cluster_name}-worker"):
-        assert "buildenv-test/busybox:1" in node_exec(client, node, "crictl", "images"), node
-    with pytest.raises(ClusterError, match="'buildenv-test/absent:1' is not on the engine at "):
-        cluster.load_image("buildenv-test/absent:1")
-
-
-def test_load_image_archive(make_cluster, cluster_name, client, tmp_path):
-    cluster = make_cluster(cluster_name).create()
-    archive = tmp_path / "app.tar"
-    archive.write_bytes(b"".join(client.images.get("buildenv-test/gcc:1").save(named=True)))
-    cluster.load_image(str(archive))
-    assert "buildenv-test/gcc:1" in node_exec(client, f"{cluster_name}-control-plane", "crictl", "images")
-
-
-def test_reuse_by_name_never_deletes(make_cluster, cluster_name, client):
-    original = make_cluster(cluster_name).create()
-    reused = make_cluster(cluster_name, reuse=True).create()
-    assert yaml.safe_load(reused.kubeconfig.read_text())["current-context"] == f"kind-{cluster_name}"
-    reused.delete()
-    assert len(nodes(client, cluster_name)) == 1
-    original.delete()
-    with pytest.raises(ClusterError, match=f"cannot reuse KIND cluster '{cluster_name}'"):
-        make_cluster(cluster_name, reuse=True).create()
-
-
-def test_export_logs(make_cluster, cluster_name, tmp_path):
-    cluster = make_cluster(cluster_name).create()
-    dest = cluster.export_logs(tmp_path / "logs")
-    node = dest / f"{cluster_name}-control-plane"
-    assert (node / "inspect.json").is_file() and (node / "kubernetes-version.txt").read_text().startswith("v1.")
-    assert "kubeadm init" in (node / "fake-kubeadm.log").read_text()  # the node's /var/log, as kind dumps it
-
-
-# --- the kubernetes-API helpers, against the FAKE API server -------------------
-MANIFEST = """
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: settings}
-data: {greeting: hello}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: web, image: "buildenv-test/busybox:1"}]
-"""
-
-
-@pytest.fixture
-def api_cluster(tmp_path):
-    """A handle whose kubeconfig points at a FAKE API server on the host, whose readiness the test steers."""
-    pytest.importorskip("kubernetes")
-    with FakeKubeAPI(ready_after=3) as api:
-        cluster = KindCluster("fake-api", tmp_path, kubectl_bin=FAKE_KUBECTL, reuse=True)
-        cluster.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-            "users": [{"name": "fake", "user": {"token": "fake"}}]}))
-        yield cluster, api
-
-
-def test_apply_and_wait_ready_through_the_kubeconfig_kind_wrote(make_cluster, cluster_name):
-    """kind's kubeconfig (TLS to its published port) reaches the node's FAKE API server."""
-    pytest.importorskip("kubernetes")
-    from kubernetes import client as k8s
-
-    cluster = make_cluster(cluster_name).create()
-    cluster.apply(MANIFEST)
-    cluster.wait_ready("deployment", "web", timeout=20, interval=0.1)
-    cluster.wait_ready("nodes", timeout=20)
-    maps = k8s.CoreV1Api(cluster.api).list_namespaced_config_map("default").items
-    assert [m.data for m in maps if m.metadata.name == "settings"] == [{"greeting": "hello"}]
-
-
-def test_apply_multi_document_then_wait_ready(api_cluster):
-    cluster, api = api_cluster
-    cluster.apply(MANIFEST)
-    assert [(m, p) for m, p in api.requests if m == "POST"] == [
-        ("POST", "/api/v1/namespaces/default/configmaps"), ("POST", "/apis/apps/v1/namespaces/default/deployments")]
-    cluster.wait_ready("deployment", "web", timeout=10, interval=0.05)
-    reads = [p for m, p in api.requests if m == "GET" and p.endswith("/deployments/web")]
-    assert len(reads) == 3  # it polled until ready, and no longer
-    cluster.wait_ready("nodes", timeout=5)
-
-
-def test_wait_ready_names_what_is_not_ready(api_cluster):
-    cluster, api = api_cluster
-    api.ready_after = 10 ** 6
-    cluster.apply(MANIFEST)
-    with pytest.raises(ClusterError, match=r"not ready after 0.3 s in .*: deployment/web \(0/2 ready\)"):
-        cluster.wait_ready("deployment", timeout=0.3, interval=0.05)
-    api.nodes_ready = False
-    with pytest.raises(ClusterError, match="node/fake-control-plane"):
-        cluster.wait_ready("node", timeout=0.2, interval=0.05)
-
-
-def test_port_forward_yields_only_once_the_port_answers(api_cluster):
-    cluster, _ = api_cluster
-    started = time.monotonic()
-    with cluster.port_forward("svc/web", 80) as port:
-        waited = time.monotonic() - started
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-    assert body == "forwarded to svc/web:80\n"
-    assert waited >= 1.0  # the fake listens after 1 s; we did not return before
-    with pytest.raises(ClusterError, match='kubectl port-forward svc/missing exited 1: .*NotFound'):
-        with cluster.port_forward("svc/missing", 80):
-            pass
-
-
-# --- the plugin: one cluster per run, shared by xdist workers ------------------
-PLUGIN_TESTS = """
-import os
-import pytest
-
-@pytest.mark.parametrize("n", range(3))
-def test_cluster(kind_cluster, n):
-    assert os.path.exists(kind_cluster.kubeconfig)
-
-@pytest.mark.kind
-@pytest.mark.parametrize("n", range(3))
-def test_workspace_sees_kubeconfig(buildenv, n):
-    result = buildenv.run("echo $KUBECONFIG", check=True)
-    assert result.stdout.strip() == str(buildenv.cluster.kubeconfig)
-    assert buildenv.cluster.name.startswith("buildenv-")
-"""
-
-
-@pytest.fixture
-def run_session(kind_bin, node_image):
-    def run(project: Path, log: Path, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--buildenv=kind",
-                                 f"--kind-bin={kind_bin}", f"--kind-image={node_image}", *args], cwd=project, text=True,
-                                env={**os.environ, "PYTEST_BUILDENV_EVENTS": str(log)},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    return run
-
-
-def test_one_cluster_per_run_under_xdist_and_unique_across_runs(tmp_path, client, run_session):
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_k.py").write_text(PLUGIN_TESTS)
-    logs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
-    procs = [run_session(project, log, "-n", "2") for log in logs]
-    for proc in procs:
-        out = proc.communicate(timeout=300)[0]
-        assert proc.returncode == 0, out
-        assert "6 passed" in out
-    names = []
-    for log in logs:
-        events = [e for e in read_events(str(log)) if e["resource"] == "cluster"]
-        created = [e["name"] for e in events if e["event"] == "created"]
-        removed = [e["name"] for e in events if e["event"] == "removed"]
-        assert len(created) == 1 and removed == created, events
-        names += created
-    assert len(set(names)) == 2
-    for name in names:
-        assert nodes(client, name) == []
-
-
-def test_failed_run_exports_cluster_logs_to_artifacts(tmp_path, client, run_session):
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_k.py").write_text("def test_fails(kind_cluster):\n    assert False\n")
-    proc = run_session(project, tmp_path / "e.jsonl", "--buildenv-artifacts=artifacts")
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 1, out
-    exported = list((project / "artifacts").glob("kind-buildenv-*/*-control-plane/inspect.json"))
-    assert len(exported) == 1
-
-
-def test_reaped_after_sigkill(tmp_path, client, wait_written, run_session):
-    project = tmp_path / "project"
-    project.mkdir()
-    ready = tmp_path / "ready"
-    (project / "test_k.py").write_text(
-        "import time, pathlib\n"
-        "def test_hold(kind_cluster):\n"
-        f"    pathlib.Path({str(ready)!r}).write_text(kind_cluster.name)\n"
-        "    time.sleep(120)\n")
-    proc = run_session(project, tmp_path / "e.jsonl")
-    name = wait_written(ready, proc, timeout=120)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(nodes(client, name)) == 1
-    out = subprocess.run([sys.executable, "-m", "pytest_buildenv", "reap"], capture_output=True, text=True).stdout
-    assert f"remove: cluster {name} " in out
-    assert nodes(client, name) == []
-
-
 def test_kinds_own_error_line_leads_with_the_cause():
     # The shape real kind prints when its Docker provider cannot start a node (these machines' Docker
     # refuses privileged containers): kind's own words, kept as printed; the provider cannot run here.
@@ -376,3 +390,70 @@ def test_kinds_own_error_line_leads_with_the_cause():
     line = _last_error(Result("kind create cluster", 1, "", stderr, 0.1))
     assert line == ("docker: Error response from daemon: unable to apply caps: operation not permitted. "
                     "(ERROR: failed to create cluster: `docker run ...` failed with error: exit status 125)")
+
+
+# --- the plugin in sessions of its own: one cluster per run, shared by xdist workers ---------
+PLUGIN_TESTS = """
+import os
+import pytest
+
+@pytest.mark.parametrize("n", range(3))
+def test_cluster(kind_cluster, n):
+    assert "Ready" in kind_cluster.kubectl("get", "nodes").stdout
+
+@pytest.mark.kind
+@pytest.mark.parametrize("n", range(3))
+def test_workspace_sees_kubeconfig(buildenv, n):
+    result = buildenv.run("kubectl get nodes -o name", check=True)  # KUBECONFIG is the cluster's
+    assert result.stdout.strip() == f"node/{buildenv.cluster.name}-control-plane"
+
+def test_fails(kind_cluster):
+    assert False
+"""
+
+
+@pytest.fixture
+def run_session(kind_bin, node_image):
+    def run(project: Path, log: Path, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--buildenv=kind",
+                                 f"--kind-bin={kind_bin}", f"--kind-image={node_image}", *args], cwd=project, text=True,
+                                env={**os.environ, "PYTEST_BUILDENV_EVENTS": str(log)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return run
+
+
+@pytest.mark.usefixtures("one_session_at_a_time")
+def test_one_cluster_per_run_under_xdist_and_its_logs_when_a_test_fails(tmp_path, client, run_session):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_k.py").write_text(PLUGIN_TESTS)
+    proc = run_session(project, tmp_path / "e.jsonl", "-n", "2", "--buildenv-artifacts=artifacts")
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 1 and "6 passed, 1 failed" in out, out
+    events = [e for e in read_events(str(tmp_path / "e.jsonl")) if e["resource"] == "cluster"]
+    created = [e["name"] for e in events if e["event"] == "created"]
+    removed = [e["name"] for e in events if e["event"] == "removed"]
+    assert len(created) == 1 and removed == created, events  # one cluster for both workers
+    assert nodes(client, created[0]) == []
+    exported = list((project / "artifacts").glob("kind-buildenv-*/*-control-plane/kubelet.log"))
+    assert len(exported) == 1 and exported[0].stat().st_size > 0
+
+
+@pytest.mark.usefixtures("one_session_at_a_time")
+def test_reaped_after_sigkill(tmp_path, client, wait_written, run_session):
+    project = tmp_path / "project"
+    project.mkdir()
+    ready = tmp_path / "ready"
+    (project / "test_k.py").write_text(
+        "import time, pathlib\n"
+        "def test_hold(kind_cluster):\n"
+        f"    pathlib.Path({str(ready)!r}).write_text(kind_cluster.name)\n"
+        "    time.sleep(300)\n")
+    proc = run_session(project, tmp_path / "e.jsonl")
+    name = wait_written(ready, proc, timeout=300)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(nodes(client, name)) == 1
+    out = subprocess.run([sys.executable, "-m", "pytest_buildenv", "reap"], capture_output=True, text=True).stdout
+    assert f"remove: cluster {name} " in out
+    assert nodes(client, name) == []

@@ -179,10 +179,13 @@ class KindCluster:
             config_path = self.state_dir / f"kind-config-{self.name}.yaml"
             config_path.write_text(yaml.safe_dump(self.config))
             argv += ["--config", str(config_path)]
-        self._shadow()  # before creating: a SIGKILL mid-create still leaves something to reap
+        # Before creating: a SIGKILL mid-create still leaves something to reap. A shadow that is
+        # already there is another cluster's of this name (kind refuses the clash): never ours to remove.
+        shadowed = self._shadow()
         result = self._kind(*argv)
         if not result.ok:
-            self._unshadow()
+            if shadowed:
+                self._unshadow()
             raise ClusterError(f"kind create cluster {self.name} failed: {_last_error(result)}\n{tail(result.stderr)}")
         emit("created", "cluster", self.name, self.owner.session if self.owner else "")
         return self
@@ -215,12 +218,19 @@ class KindCluster:
 
     # The labelled volume that lets the reaper find a cluster whose owner died, and delete it as this
     # process would: with kind, its provider and the kubeconfig that holds the cluster's entries.
-    def _shadow(self) -> None:
+    def _shadow(self) -> bool:
+        """Label the cluster's name with its owner; False if a shadow of that name exists already."""
+        import docker
+
         if self.owner is None or self.client is None:
-            return
+            return False
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.inspect_volume(f"{self.name}-owner")
+            return False
         labels = {**self.owner.labels("kind"), LABEL_CLUSTER: self.name, LABEL_KIND_BIN: self.kind_bin,
                   LABEL_PROVIDER: provider(), LABEL_KUBECONFIG: str(self.kubeconfig)}
         self.client.api.create_volume(name=f"{self.name}-owner", labels=labels)
+        return True
 
     def _unshadow(self) -> None:
         if self.owner is None or self.client is None:
@@ -261,16 +271,29 @@ class KindCluster:
             if describe(self.client).product == "Docker":
                 result = self._kind("load", "docker-image", tag_or_archive, "--name", self.name)
             else:
-                archive = self.state_dir / f"image-{hashlib.sha256(tag_or_archive.encode()).hexdigest()[:12]}.tar"
-                with archive.open("wb") as out:
-                    for chunk in image.save(named=True):
-                        out.write(chunk)
-                try:
-                    result = self._kind("load", "image-archive", str(archive), "--name", self.name)
-                finally:
-                    archive.unlink()
+                result = self._load_from_podman(image, tag_or_archive)
         if not result.ok:
             raise ClusterError(f"kind load of {tag_or_archive} into {self.name} failed: {_last_error(result)}")
+
+    def _load_from_podman(self, image: Any, tag: str) -> Result:
+        """Podman names what it builds localhost/NAME, and saves it so: in the nodes a pod's `image:
+        NAME` would then not be found (the kubelet reads it as docker.io/NAME). The archive carries
+        the name as the kubelet reads it, tagged for the save and untagged after."""
+        wanted = kubelet_reference(tag)
+        added = wanted not in image.tags
+        if added:
+            repository, _, version = wanted.rpartition(":")
+            image.tag(repository, version)
+        archive = self.state_dir / f"image-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.tar"
+        try:
+            with archive.open("wb") as out:
+                for chunk in image.save(named=wanted):
+                    out.write(chunk)
+            return self._kind("load", "image-archive", str(archive), "--name", self.name)
+        finally:
+            archive.unlink(missing_ok=True)
+            if added:
+                self.client.api.remove_image(wanted, noprune=True)  # the name only: the image stays
 
     def _local_image(self, tag: str) -> Any:
         import docker
@@ -310,7 +333,13 @@ class KindCluster:
             argv += ["--values", str(values_file)]
         result = _run(argv, timeout=None)
         if not result.ok:
-            raise ClusterError(f"helm install {release} ({chart}) failed: {_last_error(result)}\n{tail(result.stderr)}")
+            # helm's own words lead; when it gave up waiting, what the cluster says of the pods.
+            lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+            error = next((line for line in reversed(lines) if line.startswith("Error:")), _last_error(result))
+            pending = self._not_ready("pod", None, namespace or "default") if "wait" in error.lower() or \
+                "deadline" in error.lower() else []
+            raise ClusterError(f"helm install {release} ({chart}) failed: {error}"
+                               + (f"; not ready: {', '.join(pending)}" if pending else "") + f"\n{tail(result.stderr)}")
         return result
 
     def wait_ready(self, what: str = "deployment", name: Optional[str] = None, namespace: str = "default",
@@ -359,12 +388,21 @@ class KindCluster:
 
 
 def _deployments_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
+    """Each deployment short of ready replicas, with why its pods are not ready."""
     from kubernetes import client as k8s
 
     apps: Any = k8s.AppsV1Api(api)
     items = [apps.read_namespaced_deployment(name, namespace)] if name else apps.list_namespaced_deployment(namespace).items
-    return [f"deployment/{d.metadata.name} ({d.status.ready_replicas or 0}/{d.spec.replicas} ready)"
-            for d in items if (d.status.ready_replicas or 0) < (d.spec.replicas or 0)]
+    pending = []
+    for d in items:
+        if (d.status.ready_replicas or 0) >= (d.spec.replicas or 0):
+            continue
+        selector = ",".join(f"{k}={v}" for k, v in (d.spec.selector.match_labels or {}).items())
+        pods = k8s.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
+        why = [reason for p in pods if (reason := _pod_not_ready(api, p))]
+        pending.append(f"deployment/{d.metadata.name} ({d.status.ready_replicas or 0}/{d.spec.replicas} ready"
+                       + (f": {'; '.join(why)}" if why else "") + ")")
+    return pending
 
 
 def _pods_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
@@ -372,8 +410,60 @@ def _pods_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
 
     core: Any = k8s.CoreV1Api(api)
     items = [core.read_namespaced_pod(name, namespace)] if name else core.list_namespaced_pod(namespace).items
-    return [f"pod/{p.metadata.name} ({p.status.phase})" for p in items
-            if p.status.phase != "Running" or not all(c.ready for c in p.status.container_statuses or [])]
+    return [reason for p in items if (reason := _pod_not_ready(api, p))]
+
+
+# What a user does about a container that cannot start, by the kubelet's reason.
+_REMEDIES = {
+    "ErrImageNeverPull": "the image is not in the cluster's nodes: kind_cluster.load_image({image!r}) first",
+    "ErrImagePull": "no registry is reachable from the nodes: kind_cluster.load_image({image!r}) and "
+                    "imagePullPolicy: IfNotPresent or Never",
+    "CrashLoopBackOff": "the container keeps exiting: fix its command or image",
+    "CreateContainerConfigError": "a ConfigMap or Secret it names is missing",
+}
+_REMEDIES["ImagePullBackOff"] = _REMEDIES["ErrImagePull"]
+
+
+def _pod_not_ready(api: Any, pod: Any) -> str:
+    """'' for a ready pod; else the pod and why, as the cluster says it: the scheduler's message
+    for a Pending pod, the kubelet's reason for a container that does not start (with a crashing
+    container's exit code and last words), the unready containers of a running pod."""
+    name, status = f"pod/{pod.metadata.name}", pod.status
+    if status.phase == "Succeeded":
+        return ""
+    unscheduled = [c for c in status.conditions or [] if c.type == "PodScheduled" and c.status == "False"]
+    if unscheduled:
+        return f"{name} Pending: {unscheduled[0].message or unscheduled[0].reason}"
+    containers = status.container_statuses or []
+    for c in containers:
+        waiting = c.state.waiting if c.state else None
+        if waiting and waiting.reason not in (None, "ContainerCreating", "PodInitializing"):
+            why = f"{name} {waiting.reason}"
+            if waiting.reason == "CrashLoopBackOff":
+                why += _last_words(api, pod, c)
+            elif waiting.message:
+                why += f": {waiting.message.strip().splitlines()[0][:300]}"
+            remedy = _REMEDIES.get(waiting.reason)
+            return f"{why}; {remedy.format(image=c.image)}" if remedy else why
+    unready = [c.name for c in containers if not c.ready]
+    if status.phase == "Running" and not unready:
+        return ""
+    return f"{name} {status.phase}" + (f", not ready: {', '.join(unready)}" if unready else "")
+
+
+def _last_words(api: Any, pod: Any, container: Any) -> str:
+    """', exit 3: <the last lines it printed>' for a container that crashed."""
+    from kubernetes import client as k8s
+
+    terminated = container.last_state.terminated if container.last_state else None
+    said = f", exit {terminated.exit_code}" if terminated else ""
+    try:
+        log = k8s.CoreV1Api(api).read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace,
+                                                         container=container.name, previous=True, tail_lines=3)
+    except Exception:  # the log may be gone with the container: the exit code still says something
+        log = ""
+    words = " | ".join(line.strip() for line in str(log or "").splitlines() if line.strip())
+    return f"{said}: {words[-300:]}" if words else said
 
 
 def _nodes_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
@@ -382,8 +472,27 @@ def _nodes_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]
     items = [n for n in k8s.CoreV1Api(api).list_node().items if name is None or n.metadata.name == name]
     if not items:
         return ["no nodes yet"]
-    return [f"node/{n.metadata.name}" for n in items
-            if not any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])]
+    pending = []
+    for n in items:
+        ready = next((c for c in n.status.conditions or [] if c.type == "Ready"), None)
+        if ready is None or ready.status != "True":
+            pending.append(f"node/{n.metadata.name}" + (f" ({ready.message})" if ready and ready.message else ""))
+    return pending
+
+
+def kubelet_reference(name: str) -> str:
+    """An image name as the kubelet resolves a pod's `image:` (Docker's rules): a registry only when
+    the first part looks like a host, docker.io and library/ otherwise, :latest when untagged."""
+    if "@" in name:
+        return name
+    first, _, rest = name.partition("/")
+    if not rest:
+        name = f"docker.io/library/{name}"
+    elif "." not in first and ":" not in first and first != "localhost":
+        name = f"docker.io/{name}"
+    if ":" not in name.rsplit("/", 1)[1]:
+        name += ":latest"
+    return name
 
 
 def _free_port() -> int:
