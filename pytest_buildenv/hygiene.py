@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Optional, Union
 from collections.abc import Iterable
 
+from .engine.images import ChunkReader
 from .errors import BuildEnvError
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def read_layers(image: str, client: Optional[docker.DockerClient] = None) -> lis
     saved = _client(client).images.get(image).save(named=False)
     listings: dict[str, LayerInfo] = {}
     manifest = None
-    stream = io.BufferedReader(_ChunkReader(saved), buffer_size=1 << 20)  # type: ignore[type-var]
+    stream = io.BufferedReader(ChunkReader(saved), buffer_size=1 << 20)  # type: ignore[type-var]
     with tarfile.open(fileobj=stream, mode="r|") as archive:
         for member in archive:
             if member.name == "manifest.json":
@@ -106,28 +107,6 @@ def read_layers(image: str, client: Optional[docker.DockerClient] = None) -> lis
     if manifest is None:
         raise BuildEnvError(f"docker save of {image} has no manifest.json; is the engine's save format supported?")
     return [listings[name] for name in manifest[0]["Layers"]]
-
-
-class _ChunkReader(io.RawIOBase):
-    """A file object over the SDK's iterator of chunks, so tarfile can stream it."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: bytearray) -> int:  # type: ignore[override]
-        while not self._buffer:
-            try:
-                self._buffer = next(self._chunks)
-            except StopIteration:
-                return 0
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
-        return size
 
 
 def _deleted_later(path: str, later: list[LayerInfo], start: int) -> Optional[int]:

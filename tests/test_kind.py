@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,13 +38,9 @@ from pytest_buildenv.naming import KIND_CLUSTER_LABEL, Owner, new_session_id
 DATA = Path(__file__).parent / "data" / "kind"
 BUSYBOX = "buildenv-test/busybox:1"
 NODE_PORT = 30080
-# The session's cluster: a control plane publishing a NodePort on the host (kind picks the host
-# port: hostPort 0), and a worker.
-TWO_NODES = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4",
-             "nodes": [{"role": "control-plane",
-                        "extraPortMappings": [{"containerPort": NODE_PORT, "hostPort": 0, "listenAddress": "127.0.0.1"}]},
-                       {"role": "worker"}]}
-SHARED = pytest.mark.kind(config=TWO_NODES)
+# The session's cluster: a control plane publishing NODE_PORT on the host, and a worker. CI's stage
+# makes it every test's (tests/data/kind/stage.yaml), so that examples/kind_app shares it too.
+SHARED = pytest.mark.kind(config=DATA / "two-nodes.yaml")
 
 pytestmark = pytest.mark.kind  # skipped unless --buildenv=kind; an error if kind is missing then
 
@@ -74,6 +71,15 @@ def nodes(client, name):
 
 def node_exec(client, node: str, *argv: str) -> str:
     return client.containers.get(node).exec_run(list(argv)).output.decode()
+
+
+@pytest.fixture
+def one_cluster_change_at_a_time(one_session_at_a_time):
+    """Tests that create and delete clusters of their own do it one at a time, and only once the
+    shared cluster is up: measured here, a cluster that kind deleted while another was booting
+    took the booting one's node with it (kubeadm init ended by SIGTERM, exit 143), twice in two
+    runs; never otherwise."""
+    yield
 
 
 @pytest.fixture
@@ -112,9 +118,11 @@ def test_a_real_cluster_of_two_ready_nodes(kind_cluster):
     resources = kind_cluster.kubectl("api-resources", "-o", "name").stdout.split()
     assert {"deployments.apps", "pods", "customresourcedefinitions.apiextensions.k8s.io"} <= set(resources)
     system = json.loads(kind_cluster.kubectl("get", "pods", "-n", "kube-system", "-o", "json").stdout)["items"]
-    running = {p["metadata"]["name"].rsplit("-", 1)[0] for p in system if p["status"]["phase"] == "Running"}
-    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
-        assert f"{component}-{kind_cluster.name}" in running, running
+    running = {p["metadata"]["name"] for p in system if p["status"]["phase"] == "Running"}
+    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):  # static pods
+        assert f"{component}-{kind_cluster.name}-control-plane" in running, running
+    for component in ("kube-proxy", "buildenv-cni", "coredns"):
+        assert sum(name.startswith(f"{component}-") for name in running) >= (1 if component == "coredns" else 2), running
 
 
 @SHARED
@@ -148,9 +156,12 @@ def test_pods_on_both_nodes_reach_each_other_through_a_service(kind_cluster, nam
                        namespace=namespace)
     kind_cluster.apply(pod("client", "sleep 3600", nodeName=control_plane), namespace=namespace)
     kind_cluster.wait_ready("pod", namespace=namespace, timeout=120)
-    fetched = kind_cluster.kubectl("exec", "-n", namespace, "client", "--", "wget", "-qO-", "-T", "10",
-                                   f"http://web.{namespace}.svc.cluster.local/")
-    assert fetched.stdout.strip() == "web"  # the worker's pod answered (its hostname is the pod's name)
+    # busybox's nslookup asks CoreDNS; nc sends the request (Debian's static busybox wget segfaults).
+    fetch = (f"address=$(nslookup web.{namespace}.svc.cluster.local | awk '/^Address/ {{a = $NF}} END {{print a}}') && "
+             "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 \"$address\" 80")
+    fetched = kind_cluster.kubectl("exec", "-n", namespace, "client", "--", "sh", "-c", fetch)
+    assert fetched.stdout.splitlines()[0].startswith("HTTP/1.") and fetched.stdout.strip().endswith("\nweb"), \
+        fetched.stdout  # the worker's pod answered (its hostname is the pod's name)
 
 
 # --- the kubernetes-API helpers ---------------------------------------------------------
@@ -218,8 +229,8 @@ def test_wait_ready_says_why_each_pod_is_not_ready(kind_cluster, namespace, busy
     assert "ErrImageNeverPull" in (line := why("never-loaded", 20)) and "load_image('buildenv-test/never-loaded:1')" in line
     assert any(reason in (line := why("no-registry", 20)) for reason in ("ErrImagePull", "ImagePullBackOff")), line
     assert "no registry is reachable" in line
-    crash = why("crashing", 60)
-    assert "CrashLoopBackOff, exit 3: the last words" in crash, crash
+    crash = why("crashing", 60)  # in CrashLoopBackOff, or Running again between two crashes
+    assert re.search(r"(CrashLoopBackOff|restarting \(\d+ restarts\)), exit 3: the last words; the container keeps", crash), crash
     pending = why("unschedulable", 10)
     assert "Pending: 0/2 nodes are available" in pending and "node affinity/selector" in pending, pending
     with pytest.raises(ConfigError, match="knows deployment, pod and node"):
@@ -257,13 +268,14 @@ def test_a_chart_that_fails_is_helms_own_error(kind_cluster, namespace, busybox_
     with pytest.raises(ClusterError) as raised:
         kind_cluster.helm_install("broken", str(DATA / "broken-chart"), namespace=namespace)
     first = str(raised.value).splitlines()[0]
-    assert first.startswith("helm install broken (") and "failed: Error: INSTALLATION FAILED: " in first, first
-    assert "nil pointer" in first or "missing" in first, first
+    assert first.startswith("helm install broken (") and "failed: Error: template: broken/templates/config.yaml:6:" in first
+    assert "nil pointer evaluating interface {}.field" in first, first
     with pytest.raises(ClusterError) as raised:  # installs, but its pods never get ready
         kind_cluster.helm_install("unready", str(DATA / "chart"), namespace=namespace, timeout="15s",
                                   values={"image": "buildenv-test/never-loaded:1"})
     first = str(raised.value).splitlines()[0]
-    assert "failed: Error: INSTALLATION FAILED: " in first and "ErrImageNeverPull" in first, first
+    assert "failed: Error: " in first and "deadline exceeded; not ready: pod/unready-" in first, first
+    assert "ErrImageNeverPull" in first, first
 
 
 @SHARED
@@ -314,6 +326,8 @@ def make_cluster(tmp_path, client, kind_bin, node_image):
         assert nodes(client, cluster.name) == [], f"kind left nodes of {cluster.name}"
 
 
+@SHARED
+@pytest.mark.usefixtures("kind_cluster", "one_cluster_change_at_a_time")
 def test_one_node_cluster_lifecycle_with_an_isolated_kubeconfig(make_cluster, client, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("KUBECONFIG", raising=False)
@@ -328,7 +342,7 @@ def test_one_node_cluster_lifecycle_with_an_isolated_kubeconfig(make_cluster, cl
     # One node: kind untaints the control plane, so workloads schedule on it.
     cluster.wait_ready("nodes", timeout=120)
     taints = json.loads(cluster.kubectl("get", "node", f"{name}-control-plane", "-o", "json").stdout)["spec"].get("taints")
-    assert not taints, taints
+    assert not [t for t in taints or [] if t["key"] == "node-role.kubernetes.io/control-plane"], taints
     cluster.delete()
     assert nodes(client, name) == []
     with pytest.raises(docker.errors.NotFound):
@@ -337,6 +351,8 @@ def test_one_node_cluster_lifecycle_with_an_isolated_kubeconfig(make_cluster, cl
     assert not left.get("clusters") and not left.get("contexts") and not left.get("users"), left
 
 
+@SHARED
+@pytest.mark.usefixtures("kind_cluster", "one_cluster_change_at_a_time")
 def test_missing_node_image_shows_kinds_stderr(make_cluster, client):
     name = f"bt-{new_session_id()}"
     with pytest.raises(ClusterError) as raised:  # no registry here: kind's pull fails
@@ -349,6 +365,8 @@ def test_missing_node_image_shows_kinds_stderr(make_cluster, client):
         client.volumes.get(f"{name}-owner")
 
 
+@SHARED
+@pytest.mark.usefixtures("kind_cluster", "one_cluster_change_at_a_time")
 def test_an_image_that_is_not_a_node_is_kinds_cause_first(make_cluster, client):
     """busybox is no node: it has no init, so kind never sees the node come up."""
     name = f"bt-{new_session_id()}"
@@ -422,14 +440,15 @@ def run_session(kind_bin, node_image):
     return run
 
 
-@pytest.mark.usefixtures("one_session_at_a_time")
+@SHARED
+@pytest.mark.usefixtures("kind_cluster", "one_cluster_change_at_a_time")
 def test_one_cluster_per_run_under_xdist_and_its_logs_when_a_test_fails(tmp_path, client, run_session):
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_k.py").write_text(PLUGIN_TESTS)
     proc = run_session(project, tmp_path / "e.jsonl", "-n", "2", "--buildenv-artifacts=artifacts")
     out = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 1 and "6 passed, 1 failed" in out, out
+    assert proc.returncode == 1 and re.search(r"\b1 failed, 6 passed\b", out), out
     events = [e for e in read_events(str(tmp_path / "e.jsonl")) if e["resource"] == "cluster"]
     created = [e["name"] for e in events if e["event"] == "created"]
     removed = [e["name"] for e in events if e["event"] == "removed"]
@@ -439,7 +458,8 @@ def test_one_cluster_per_run_under_xdist_and_its_logs_when_a_test_fails(tmp_path
     assert len(exported) == 1 and exported[0].stat().st_size > 0
 
 
-@pytest.mark.usefixtures("one_session_at_a_time")
+@SHARED
+@pytest.mark.usefixtures("kind_cluster", "one_cluster_change_at_a_time")
 def test_reaped_after_sigkill(tmp_path, client, wait_written, run_session):
     project = tmp_path / "project"
     project.mkdir()

@@ -10,11 +10,13 @@ are built once per session and reused by every test and xdist worker.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Callable, Optional, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional, cast
 from collections.abc import Iterable
 
 from . import daemon_errors
@@ -235,3 +237,45 @@ class ImageBuilder:
                         self.progress(line.rstrip())
         emit("created", "image", tag, self.owner.session)
         return tag
+
+
+class ChunkReader(io.RawIOBase):
+    """A file object over the SDK's iterator of chunks, so tarfile can stream it."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray) -> int:  # type: ignore[override]
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+def save_as(image: Any, name: str, dest: Path) -> Path:
+    """The engine's `docker save` of `image`, streamed into `dest` with the image named `name`
+    (manifest.json's RepoTags), whatever the engine calls it: without tagging it on the engine,
+    which another process saving the same image at the same moment would race."""
+    saved = io.BufferedReader(ChunkReader(image.save(named=False)), buffer_size=1 << 20)  # type: ignore[type-var]
+    with tarfile.open(fileobj=saved, mode="r|") as source, tarfile.open(dest, "w") as out:
+        for member in source:
+            data = source.extractfile(member) if member.isfile() else None
+            if member.name == "manifest.json" and data is not None:
+                manifest = json.loads(data.read())
+                for entry in manifest:
+                    entry["RepoTags"] = [name]
+                blob = json.dumps(manifest).encode()
+                member.size = len(blob)
+                out.addfile(member, io.BytesIO(blob))
+            elif member.name != "repositories":  # the legacy index of names: manifest.json says it
+                out.addfile(member, data)
+    return dest

@@ -26,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from collections.abc import Iterator, Mapping, Sequence
 
 from ..engine import where
+from ..engine.images import save_as
 from ..errors import ClusterError, ConfigError, tail
 from ..events import emit
 from ..handle import BuildEnv
@@ -277,23 +279,14 @@ class KindCluster:
 
     def _load_from_podman(self, image: Any, tag: str) -> Result:
         """Podman names what it builds localhost/NAME, and saves it so: in the nodes a pod's `image:
-        NAME` would then not be found (the kubelet reads it as docker.io/NAME). The archive carries
-        the name as the kubelet reads it, tagged for the save and untagged after."""
-        wanted = kubelet_reference(tag)
-        added = wanted not in image.tags
-        if added:
-            repository, _, version = wanted.rpartition(":")
-            image.tag(repository, version)
-        archive = self.state_dir / f"image-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.tar"
+        NAME` would then not be found (the kubelet reads it as docker.io/NAME). The archive names
+        the image as the kubelet reads it; one archive per call, as workers load at once."""
+        archive = self.state_dir / f"image-{uuid.uuid4().hex[:12]}.tar"
         try:
-            with archive.open("wb") as out:
-                for chunk in image.save(named=wanted):
-                    out.write(chunk)
+            save_as(image, kubelet_reference(tag), archive)
             return self._kind("load", "image-archive", str(archive), "--name", self.name)
         finally:
             archive.unlink(missing_ok=True)
-            if added:
-                self.client.api.remove_image(wanted, noprune=True)  # the name only: the image stays
 
     def _local_image(self, tag: str) -> Any:
         import docker
@@ -445,10 +438,13 @@ def _pod_not_ready(api: Any, pod: Any) -> str:
                 why += f": {waiting.message.strip().splitlines()[0][:300]}"
             remedy = _REMEDIES.get(waiting.reason)
             return f"{why}; {remedy.format(image=c.image)}" if remedy else why
-    unready = [c.name for c in containers if not c.ready]
+    unready = [c for c in containers if not c.ready]
     if status.phase == "Running" and not unready:
         return ""
-    return f"{name} {status.phase}" + (f", not ready: {', '.join(unready)}" if unready else "")
+    for c in unready:  # between two crashes a container is Running again, and not yet ready
+        if c.restart_count and c.last_state and c.last_state.terminated:
+            return f"{name} restarting ({c.restart_count} restarts){_last_words(api, pod, c)}; {_REMEDIES['CrashLoopBackOff']}"
+    return f"{name} {status.phase}" + (f", not ready: {', '.join(c.name for c in unready)}" if unready else "")
 
 
 def _last_words(api: Any, pod: Any, container: Any) -> str:
@@ -537,8 +533,10 @@ class Clusters:
 
     def cluster_for(self, settings: KindSettings) -> KindCluster:
         """The session's cluster for these settings: created by the first process that asks."""
-        key = hashlib.sha256(json.dumps([settings.image, settings.config, settings.wait, settings.cluster],
-                                        default=str).encode()).hexdigest()[:8]
+        # By content: a config given as a file and the same config given as a mapping are one cluster.
+        config = validate_config(settings.config)
+        key = hashlib.sha256(json.dumps([settings.image, config, settings.wait, settings.cluster],
+                                        default=str, sort_keys=True).encode()).hexdigest()[:8]
         if key not in self._clusters:
             def create() -> dict[str, Any]:
                 name = settings.cluster or f"buildenv-{self.services.owner.session}-{key[:6]}"
