@@ -409,8 +409,8 @@ def _pods_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
 # What a user does about a container that cannot start, by the kubelet's reason.
 _REMEDIES = {
     "ErrImageNeverPull": "the image is not in the cluster's nodes: kind_cluster.load_image({image!r}) first",
-    "ErrImagePull": "no registry is reachable from the nodes: kind_cluster.load_image({image!r}) and "
-                    "imagePullPolicy: IfNotPresent or Never",
+    "ErrImagePull": "the nodes could not pull it: kind_cluster.load_image({image!r}) puts a local image in "
+                    "every node (with imagePullPolicy IfNotPresent or Never)",
     "CrashLoopBackOff": "the container keeps exiting: fix its command or image",
     "CreateContainerConfigError": "a ConfigMap or Secret it names is missing",
 }
@@ -453,12 +453,20 @@ def _last_words(api: Any, pod: Any, container: Any) -> str:
 
     terminated = container.last_state.terminated if container.last_state else None
     said = f", exit {terminated.exit_code}" if terminated else ""
-    try:
-        log = k8s.CoreV1Api(api).read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace,
-                                                         container=container.name, previous=True, tail_lines=3)
-    except Exception:  # the log may be gone with the container: the exit code still says something
+    log = ""
+    # The crashed instance's log, else the current one's (a crash loop prints the same): the kubelet
+    # keeps one dead instance, and answers "unable to retrieve container logs" once it is removed.
+    for previous in (True, False):
+        try:
+            log = str(k8s.CoreV1Api(api).read_namespaced_pod_log(
+                pod.metadata.name, pod.metadata.namespace, container=container.name, previous=previous,
+                tail_lines=3) or "")
+        except Exception:  # gone with the container: the exit code still says something
+            log = ""
+        if log and not log.startswith("unable to retrieve container logs"):
+            break
         log = ""
-    words = " | ".join(line.strip() for line in str(log or "").splitlines() if line.strip())
+    words = " | ".join(line.strip() for line in log.splitlines() if line.strip())
     return f"{said}: {words[-300:]}" if words else said
 
 
@@ -479,16 +487,15 @@ def _nodes_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]
 def kubelet_reference(name: str) -> str:
     """An image name as the kubelet resolves a pod's `image:` (Docker's rules): a registry only when
     the first part looks like a host, docker.io and library/ otherwise, :latest when untagged."""
-    if "@" in name:
-        return name
-    first, _, rest = name.partition("/")
+    repository, at, digest = name.partition("@")
+    first, _, rest = repository.partition("/")
     if not rest:
-        name = f"docker.io/library/{name}"
+        repository = f"docker.io/library/{repository}"
     elif "." not in first and ":" not in first and first != "localhost":
-        name = f"docker.io/{name}"
-    if ":" not in name.rsplit("/", 1)[1]:
-        name += ":latest"
-    return name
+        repository = f"docker.io/{repository}"
+    if at:
+        return f"{repository}@{digest}"
+    return repository if ":" in repository.rsplit("/", 1)[1] else f"{repository}:latest"
 
 
 def _free_port() -> int:
@@ -620,9 +627,13 @@ def leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:
     from ..reaper import Labelled
 
     api = services.memo("engine.client", connect).api
-    labels = [f"{LABEL_SESSION}={session}" if session else ANY_OWNED["label"][0], LABEL_CLUSTER]
-    for volume in api.volumes(filters={"label": labels}).get("Volumes") or []:
-        cluster = volume["Labels"][LABEL_CLUSTER]
+    # One label in the query, the other checked here: Podman's API matches a volume having *any* of
+    # several labels (Docker: all), and one session's sweep then deleted every session's clusters.
+    owned = f"{LABEL_SESSION}={session}" if session else ANY_OWNED["label"][0]
+    for volume in api.volumes(filters={"label": [owned]}).get("Volumes") or []:
+        cluster = (volume.get("Labels") or {}).get(LABEL_CLUSTER)
+        if cluster is None:
+            continue
         yield Labelled("cluster", volume["Name"], cluster, volume["Labels"],
                        quietly(partial(_remove_cluster, api, cluster, volume["Name"], volume["Labels"])))
 
