@@ -16,13 +16,20 @@ os.environ.setdefault("BUILDENV_EXAMPLE_BASE", GCC)
 
 
 @pytest.fixture(scope="session")
-def engine():
-    """What the suite's engine is (the one --buildenv-engine, DOCKER_HOST or the context names):
-    whom builders run as, and so which groups and owners a test can expect."""
+def suite_endpoint(pytestconfig):
+    """The suite's engine: the one this run's session resolved (--buildenv-engine, DOCKER_HOST, the context)."""
+    from pytest_buildenv.plugin import SESSION_KEY
+
+    return pytestconfig.stash[SESSION_KEY].services.endpoint
+
+
+@pytest.fixture(scope="session")
+def engine(suite_endpoint):
+    """What the suite's engine is: whom builders run as, and so which groups and owners a test can expect."""
     from pytest_buildenv.engine import connect
     from pytest_buildenv.engine.endpoint import describe
 
-    return describe(connect(timeout=10))
+    return describe(connect(suite_endpoint, timeout=10))
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ os.environ.setdefault("BUILDENV_EXAMPLE_BASE", "buildenv-test/gcc:1")
 from test_ccache import BUILDER, HERE, hits  # noqa: E402
 
 from pytest_buildenv.naming import Owner, new_session_id  # noqa: E402
+from pytest_buildenv.services import Services  # noqa: E402
 from pytest_buildenv.session import BuildEnvSession  # noqa: E402
 from pytest_buildenv.settings import Selection  # noqa: E402
 
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     rounds = parser.parse_args().rounds
     cache = f"bench-ccache-{uuid.uuid4().hex[:8]}"
-    session = BuildEnvSession(Selection(("container",), True, "bench"), Owner(new_session_id()))
+    session = BuildEnvSession(Selection(("container",), True, "bench"), Services(Owner(new_session_id())))
     settings = session.settings("container", {**BUILDER, "caches": {cache: "/ccache"}}, HERE)
     env = session.open("container", settings, Path(tempfile.mkdtemp()))
     cold, warm = [], []
@@ -58,7 +59,7 @@ def main() -> None:
     finally:
         session.close(env)
         session.finish()
-        session.services.memo("engine.client", lambda: None).api.remove_volume(f"buildenv-cache-{cache}", force=True)
+        session.services.engine.client.api.remove_volume(f"buildenv-cache-{cache}", force=True)
     print(f"ccache example (examples/ccache, 3 C files), `cmake --build`, {rounds} rounds:")
     print(f"  cold cache median {statistics.median(cold) * 1000:.0f} ms, warm cache median "
           f"{statistics.median(warm) * 1000:.0f} ms: warm / cold = {statistics.median(warm) / statistics.median(cold):.2f}")

@@ -30,16 +30,17 @@ def median_of(action, rounds: int = ROUNDS) -> float:
 
 
 def main() -> None:
-    from pytest_buildenv.kinds.container import ContainerEnv
     from pytest_buildenv.engine import connect
+    from pytest_buildenv.engine.endpoint import resolve
+    from pytest_buildenv.kinds.container import BuilderSpec, ContainerEnv
     from pytest_buildenv.naming import Owner, new_session_id
 
-    client = connect()
+    client = connect(resolve())
     owner = Owner(new_session_id())
     workspace = Path(tempfile.mkdtemp())
 
     def fresh_builder() -> None:
-        env = ContainerEnv(client, IMAGE, workspace, owner, test="bench").start()
+        env = ContainerEnv(client, BuilderSpec(IMAGE), workspace, owner, test="bench").start()
         env.run(["true"], check=True)
         env.close()
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from pytest_buildenv.engine import connect
-from pytest_buildenv.engine.endpoint import choose, current, describe
-from pytest_buildenv.kinds.container import ContainerEnv
+from pytest_buildenv.engine.endpoint import describe, resolve
+from pytest_buildenv.kinds.container import BuilderSpec, ContainerEnv
 from pytest_buildenv.naming import Owner, new_session_id
 
 IMAGE = "buildenv-test/busybox:1"
@@ -37,7 +37,7 @@ def workspace() -> Path:
 def measure(client, copy: bool, rounds: int) -> tuple[float, float]:
     ws = workspace()
     started = time.monotonic()
-    env = ContainerEnv(client, IMAGE, ws, Owner(new_session_id()), test="bench", copy_workspace=copy).start()
+    env = ContainerEnv(client, BuilderSpec(IMAGE, copy_workspace=copy), ws, Owner(new_session_id()), test="bench").start()
     seeded = time.monotonic() - started
     times = []
     try:
@@ -57,9 +57,9 @@ def main() -> None:
     parser.add_argument("--engine", default=None)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    choose(args.engine)
-    client = connect()
-    print(f"engine: {describe(client)} at {current().url}; workspace 1,000 files, 20 MB, one file changed per run()")
+    engine = resolve(args.engine, "--engine")
+    client = connect(engine)
+    print(f"engine: {describe(client)} at {engine.url}; workspace 1,000 files, 20 MB, one file changed per run()")
     bind, bind_start = measure(client, False, args.rounds)
     copy, copy_start = measure(client, True, args.rounds)
     print(f"run(), bind-mounted: {bind * 1000:.1f} ms (start {bind_start * 1000:.0f} ms)")

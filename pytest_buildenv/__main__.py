@@ -7,7 +7,14 @@ import sys
 from typing import Optional
 from collections.abc import Sequence
 
+from .doctor import run_doctor
+from .engine.endpoint import resolve
 from .errors import BuildEnvError
+from .kinds import discover
+from .naming import Owner, new_session_id
+from .reaper import reap_kinds
+from .registry import Registry
+from .services import Services
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -29,32 +36,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command.add_argument("--engine", metavar="URL", help="the container engine (default: DOCKER_HOST, the "
                              "Docker CLI's current context, the default socket)")
     args = parser.parse_args(argv)
-    from .engine.endpoint import choose
-
-    choose(args.engine, "--engine")
     try:
+        registry = discover()  # as pytest finds them: the built-ins and every installed plugin's kinds
+        services = Services(Owner(new_session_id()), endpoint=resolve(args.engine, "--engine"))
         if args.command == "reap":
-            return _reap(args)
-        from .doctor import run_doctor
-
-        return run_doctor(args.buildenv, defaults={"kind_bin": args.kind_bin})
+            return _reap(args, registry, services)
+        return run_doctor(args.buildenv, defaults={"kind_bin": args.kind_bin}, registry=registry, services=services)
     except BuildEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _reap(args: argparse.Namespace) -> int:
+def _reap(args: argparse.Namespace, registry: Registry, services: Services) -> int:
     """Every kind's leftovers; what cannot be looked at (an engine that does not answer) is named."""
-    from .reaper import reap_kinds
-    from .registry import BUILTIN
-
     max_age = args.older_than * 3600 if args.older_than is not None else None
-    kinds = [k.strip() for k in args.buildenv.split(",") if k.strip()] or list(BUILTIN)
-    unknown = [k for k in kinds if k not in BUILTIN]
+    kinds = [k.strip() for k in args.buildenv.split(",") if k.strip()] or list(registry)
+    unknown = [k for k in kinds if k not in registry]
     if unknown:
-        print(f"unknown kind {unknown[0]!r}; choose from {', '.join(BUILTIN)}", file=sys.stderr)
+        print(f"unknown kind {unknown[0]!r}; choose from {', '.join(registry.names)}", file=sys.stderr)
         return 2
-    findings = reap_kinds(kinds, dry_run=args.dry_run, session=args.session, include_kept=args.include_kept,
+    findings = reap_kinds(kinds, registry, services, dry_run=args.dry_run, session=args.session, include_kept=args.include_kept,
                           foreign_max_age=max_age, include_cache=args.include_cache,
                           unreachable=lambda why: print(f"not looked at: {why}"))
     for finding in findings:

@@ -6,6 +6,7 @@ BuildCommandError adds the tail of the command's output below that line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -17,7 +18,29 @@ class BuildEnvError(Exception):
 
 
 class BackendUnavailable(BuildEnvError):
-    """A kind's tooling (Docker daemon, kind, vagrant, a provider) is missing or unreachable."""
+    """A kind's tooling (Docker daemon, kind, vagrant, a provider) is missing or unreachable:
+    the cause (`detail`) and the command or setting that fixes it (`fix`), one line together."""
+
+    def __init__(self, detail: str, fix: str = "") -> None:
+        self.detail, self.fix = detail, fix
+        super().__init__(f"{detail}; {fix}" if fix else detail)
+
+
+@dataclass(frozen=True)
+class Check:
+    """Whether a kind can run here: the cause when it cannot, and the command that fixes it."""
+
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    @classmethod
+    def failed(cls, exc: BackendUnavailable) -> Check:
+        return cls(False, exc.detail, exc.fix)
+
+    def raise_if_unusable(self) -> None:
+        if not self.ok:
+            raise BackendUnavailable(self.detail, self.fix)
 
 
 class ConfigError(BuildEnvError):

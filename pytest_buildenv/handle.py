@@ -17,13 +17,12 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 from .errors import BuildCommandError, BuildEnvError, CommandTimeout, ConfigError
+from .reproduce import ReproReport, reproduce
 from .result import Artifact, FileInfo, Result, Transcript
-
-if TYPE_CHECKING:
-    from .reproduce import ReproReport
+from .testinfra_host import host_for
 
 Command = Union[str, Sequence[str]]
 
@@ -150,8 +149,6 @@ class BuildEnv(ABC):
         """A testinfra Host bound to this environment: `env.host.package("gcc").is_installed`,
         `env.host.user().uid`, `env.host.socket("tcp://0.0.0.0:80").is_listening` (extra `testinfra`)."""
         if self._host is None:
-            from .testinfra_host import host_for
-
             self._host = host_for(self)
         return self._host
 
@@ -159,8 +156,6 @@ class BuildEnv(ABC):
                   vary: Sequence[str] = ("path", "time", "umask", "locale", "tz")) -> ReproReport:
         """Run `cmd` in two fresh environments like this one, from a copy of this workdir, the second
         with `vary` varied; compare the `artifacts` (paths relative to the build directory)."""
-        from .reproduce import reproduce
-
         if self.reopen is None:
             raise BuildEnvError("reproduce() needs an environment a session opened (a fixture, or BuildEnvSession.open)")
         open_fresh, close = self.reopen

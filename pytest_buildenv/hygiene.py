@@ -15,7 +15,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Optional, Union
 from collections.abc import Iterable
 
-from .engine.images import ChunkReader
+from .engine import connect
+from .engine.endpoint import resolve
+from .engine.images import ChunkReader, file_sha256
 from .errors import BuildEnvError
 
 if TYPE_CHECKING:
@@ -71,11 +73,7 @@ class LayerReport:
 
 
 def _client(client: Optional[docker.DockerClient]) -> docker.DockerClient:
-    if client is not None:
-        return client
-    from .engine import connect
-
-    return connect()
+    return client if client is not None else connect(resolve())  # DOCKER_HOST, the current context, ...
 
 
 def _list_layer(fileobj: Any) -> LayerInfo:
@@ -142,8 +140,6 @@ def layer_report(image: str, client: Optional[docker.DockerClient] = None) -> La
 
 def verify_sha256(path: Union[str, Path], expected: str) -> Path:
     """Return `path` if its SHA-256 is `expected`; else raise ChecksumMismatch (refuse the payload)."""
-    from .engine.images import file_sha256
-
     path = Path(path)
     actual = file_sha256(path).hex()
     if actual != expected.strip().lower():

@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import __version__
 
@@ -83,3 +84,14 @@ def session_filter(session: str) -> dict[str, list[str]]:
 
 
 ANY_OWNED = {"label": [LABEL_SESSION]}
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A resource carrying our labels, as a kind's finder reports it to the reaper: how to remove it too."""
+
+    resource: str  # "container", "volume", "cluster", "state", ...
+    ident: str
+    name: str
+    labels: dict[str, str]
+    remove: Callable[[], None]

@@ -15,9 +15,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from . import hooks, kinds
+from .engine.endpoint import Endpoint, resolve
 from .errors import BuildEnvError
 from .naming import Owner, new_session_id
-from .registry import BUILTIN, Registry
+from .registry import Registry
+from .reports import SECTION, save_artifacts, transcript_text
+from .services import Services
 from .session import BuildEnvSession
 from .settings import SettingsLayer, load_config_file, parse_selection
 
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from .kinds.kind import KindCluster, KindEnv
     from .kinds.vm import GoldenVM, VMClone
 
+REGISTRY_KEY = pytest.StashKey[Registry]()
 SESSION_KEY = pytest.StashKey[BuildEnvSession]()
 ENVS_KEY = pytest.StashKey[list["BuildEnv"]]()
 FAILED_KEY = pytest.StashKey[bool]()  # the test failed (setup or call): --buildenv-keep=failed keeps its environments
@@ -35,15 +40,14 @@ T = TypeVar("T")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from . import hooks
-
     pluginmanager.add_hookspecs(hooks)
+    pluginmanager.register(kinds, "buildenv-builtin-kinds")  # the built-ins come through the hook too
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("buildenv", "throwaway build environments")
     group.addoption("--buildenv", default=None, metavar="KIND[,KIND...]",
-                    help=f"kinds enabled in this run: {', '.join(BUILTIN)} or auto (default: local)")
+                    help="kinds enabled in this run (see the markers: one per kind) or auto (default: local)")
     group.addoption("--buildenv-keep", nargs="?", const="all", default="", choices=("all", "failed"),
                     help="keep every environment (all), or those of failing tests (failed), and print how to "
                          "reach and remove them")
@@ -53,39 +57,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("buildenv_engine", "the container engine's URL (see --buildenv-engine)")
     group.addoption("--buildenv-artifacts", default=None, metavar="DIR",
                     help="copy a failing test's workspace and logs to DIR/<test id>/")
-    builtin = Registry()
-    defaults = {(d.option, d.ini): d for kind in builtin for d in builtin.defaults(kind)}  # kinds share some
+    parser.addini("buildenv", "kinds enabled by default (overridden by PYTEST_BUILDENV and --buildenv)")
+    parser.addini("buildenv_config", "settings file with one section per kind (default: buildenv.yaml in rootdir)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> Iterator[None]:
+    """Once every plugin and the initial conftests are loaded: the run's one registry, through the hook,
+    and each kind's options and ini values from its entry (before the command line is parsed)."""
+    yield
+    registry = Registry.build(early_config.hook)
+    group = parser.getgroup("buildenv")
+    defaults = {(d.option, d.ini): d for kind in registry for d in registry.defaults(kind)}  # kinds share some
     for default in defaults.values():
         if default.option:
             group.addoption(default.option, default=None, metavar=default.key.upper(), help=default.help)
         else:
             parser.addini(default.ini, default.help)
-    for ini in builtin.all_ini():
+    for ini in registry.all_ini():
         parser.addini(ini.name, ini.help, type=ini.type, default=ini.default)  # type: ignore[arg-type]
-    parser.addini("buildenv", "kinds enabled by default (overridden by PYTEST_BUILDENV and --buildenv)")
-    parser.addini("buildenv_config", "settings file with one section per kind (default: buildenv.yaml in rootdir)")
+    early_config.stash[REGISTRY_KEY] = registry
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    registry = Registry()
-    config.hook.pytest_buildenv_register_kinds(registry=registry)
+    registry = config.stash[REGISTRY_KEY]
     for kind in registry:
         config.addinivalue_line("markers", f"{kind}(**settings): needs the {kind} environment kind; keywords configure it")
     if config.option.help or config.option.version:
         return
-    from .engine.endpoint import choose
-
-    if config.option.buildenv_engine:
-        choose(config.option.buildenv_engine, "--buildenv-engine")
-    else:
-        choose(config.getini("buildenv_engine") or None, "ini buildenv_engine")
     try:
         config.stash[SESSION_KEY] = _make_session(config, registry)
+        config.stash[SESSION_KEY].check_settings()
     except BuildEnvError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY].hold_owner_lock()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM tears down like Ctrl-C
+
+
+def _endpoint(config: pytest.Config) -> Endpoint:
+    if config.option.buildenv_engine:
+        return resolve(config.option.buildenv_engine, "--buildenv-engine")
+    return resolve(config.getini("buildenv_engine") or None, "ini buildenv_engine")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -99,25 +112,23 @@ def _make_session(config: pytest.Config, registry: Registry) -> BuildEnvSession:
     else:
         session_id, session_pid = new_session_id(), os.getpid()
     keep, artifacts = config.option.buildenv_keep or "", config.option.buildenv_artifacts
+    owner = Owner(session_id, keep=bool(keep))
+    services = Services(owner, Owner(session_id, pid=session_pid, keep=bool(keep)), progress=_progress_writer(config),
+                        ini={ini.name: config.getini(ini.name) for ini in registry.all_ini()}, endpoint=_endpoint(config))
     defaults = _default_layers(config, registry)
     text, source = _selection_text(config)
     selection = parse_selection(text, source, registry.names,
-                                lambda kind: registry.available(kind, defaults[kind].values))
-    return BuildEnvSession(
-        selection, Owner(session_id, keep=bool(keep)), registry=registry, keep=keep,
-        session_owner=Owner(session_id, pid=session_pid, keep=bool(keep)), is_session_owner=not workerinput,
-        file_layers=_config_file_layers(config, registry), default_layers=defaults,
-        artifacts_dir=Path(artifacts).resolve() if artifacts else None,
-        progress=_progress_writer(config),
-        ini={ini.name: config.getini(ini.name) for ini in registry.all_ini()},
-    )
+                                lambda kind: registry.available(kind, services, defaults[kind].values))
+    return BuildEnvSession(selection, services, registry=registry, keep=keep, is_session_owner=not workerinput,
+                           file_layers=_config_file_layers(config, registry), default_layers=defaults,
+                           artifacts_dir=Path(artifacts).resolve() if artifacts else None)
 
 
 def _default_layers(config: pytest.Config, registry: Registry) -> dict[str, SettingsLayer]:
     """Each kind's defaults from its command-line options and ini values: the weakest settings layer."""
     layers = {}
     for kind in registry:
-        values = {d.key: config.getoption(d.option) if d.option else config.getini(d.ini)
+        values = {d.key: config.getoption(d.option, None) if d.option else config.getini(d.ini)
                   for d in registry.defaults(kind)}
         layers[kind] = SettingsLayer({k: v for k, v in values.items() if v not in (None, "")}, config.rootpath,
                                      "ini and options")
@@ -331,7 +342,7 @@ def kind_cluster(request: pytest.FixtureRequest, buildenv_variant: Optional[dict
 @pytest.fixture
 def golden_vm(request: pytest.FixtureRequest) -> GoldenVM:
     """The run's golden VM: the Vagrantfile provisioned once and frozen into a box (cached by content)."""
-    from .kinds.vm import Goldens
+    from .kinds.vm import Goldens  # the vm kind's module: imported when a test asks for a golden
 
     goldens = _session(request.config).manager_of("vm", Goldens)
     return _or_fail(lambda: goldens.golden_for(_test_settings(request, "vm")))
@@ -355,8 +366,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.stash[FAILED_KEY] = True
     if not envs or not report.failed or report.when == "teardown":
         return
-    from .reports import SECTION, save_artifacts, transcript_text
-
     text = transcript_text(envs)
     report.sections.append((SECTION, text))
     item.user_properties.append(("buildenv_transcript", text))  # junitxml reads them at teardown

@@ -12,6 +12,8 @@ without our labels.
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import fcntl
 import itertools
 import os
@@ -21,15 +23,17 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 from collections.abc import Iterable, Iterator
 
 from .errors import BuildEnvError
 from .events import emit
-from .naming import LABEL_CACHE, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION
-
-if TYPE_CHECKING:
-    from .registry import Finder, Services
+from .kinds import discover
+from .naming import (LABEL_CACHE, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION, Labelled, Owner,
+                     new_session_id)
+from .registry import Finder, Registry
+from .services import Services
+from .sharing import LABELS_FILE, state_root
 
 OWNERS_DIR = Path(tempfile.gettempdir()) / "pytest-buildenv-owners"
 
@@ -112,15 +116,6 @@ class Finding:
         return f"{self.action:6} {self.resource:9} {self.name:50} session {self.session}: {self.reason}"
 
 
-@dataclass(frozen=True)
-class Labelled:
-    resource: str
-    ident: str
-    name: str
-    labels: dict[str, str]
-    remove: Callable[[], None]
-
-
 def judge(labels: dict[str, str], *, this_host: str, foreign_max_age: Optional[float],
           include_kept: bool, now: Optional[float] = None, include_cache: bool = False) -> tuple[str, str]:
     """(action, reason) for one resource: remove it, keep it, or only report it."""
@@ -141,11 +136,6 @@ def judge(labels: dict[str, str], *, this_host: str, foreign_max_age: Optional[f
 
 def labelled_state_dirs(session: Optional[str] = None) -> Iterator[Labelled]:
     """This user's session state directories (records, kubeconfigs, VM clone directories)."""
-    import json
-    import shutil
-
-    from .sharing import LABELS_FILE, state_root
-
     for labels_file in sorted((state_root() / "sessions").glob(f"*/{LABELS_FILE}")):
         directory = labels_file.parent
         try:
@@ -201,9 +191,9 @@ def _found(finder: Finder, services: Services, session: Optional[str],
         return []
 
 
-def reap_kinds(kinds: Iterable[str], **options: Any) -> list[Finding]:
-    """reap() over the named kinds' leftovers, outside any session (the CLI, a library user)."""
-    from .naming import Owner, new_session_id
-    from .registry import Registry, Services
-
-    return reap(Registry().finders(kinds), Services(Owner(new_session_id())), **options)
+def reap_kinds(kinds: Iterable[str], registry: Optional[Registry] = None, services: Optional[Services] = None,
+               **options: Any) -> list[Finding]:
+    """reap() over the named kinds' leftovers, outside any session (the CLI, a library user): the kinds of
+    `registry` (default: as a pytest run finds them), on `services`' engine (default: DOCKER_HOST, ...)."""
+    registry = registry or discover()
+    return reap(registry.finders(kinds), services or Services(Owner(new_session_id())), **options)

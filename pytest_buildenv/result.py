@@ -11,6 +11,11 @@ from typing import Callable, Optional
 from .errors import BuildCommandError, tail
 
 
+def output_text(data: bytes) -> str:
+    """A command's output as text: undecodable bytes replaced, never an error (builds print anything)."""
+    return data.decode("utf-8", errors="replace")
+
+
 @dataclass
 class Result:
     """What one command did. Output is kept whole; only error messages show a tail."""

@@ -14,17 +14,18 @@ from collections import Counter
 from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 from collections.abc import Mapping
 
+from . import kinds
 from .errors import BuildEnvError, ConfigError
-from .naming import Owner
-from .registry import Manager, Registry, Services, SessionEnd, TestInfo
-from .settings import CommonSettings, Selection, SettingsLayer, merge
-
-if TYPE_CHECKING:
-    from .handle import BuildEnv
-    from .reaper import Finding, Labelled, OwnerLock
+from .handle import BuildEnv
+from .naming import Labelled
+from .reaper import Finding, OwnerLock, reap
+from .registry import Manager, Registry, SessionEnd, TestInfo
+from .services import Services
+from .settings import CommonSettings, Selection, SettingsLayer, matrix, merge
+from .sharing import remove_session_state
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -51,15 +52,16 @@ class Stats:
 
 
 class BuildEnvSession:
-    def __init__(self, selection: Selection, owner: Owner, *, registry: Optional[Registry] = None,
-                 session_owner: Optional[Owner] = None, is_session_owner: bool = True,
-                 file_layers: Optional[dict[str, SettingsLayer]] = None,
+    def __init__(self, selection: Selection, services: Services, *, registry: Optional[Registry] = None,
+                 is_session_owner: bool = True, file_layers: Optional[dict[str, SettingsLayer]] = None,
                  default_layers: Optional[dict[str, SettingsLayer]] = None,
-                 artifacts_dir: Optional[Path] = None, progress: Optional[Callable[[str], None]] = None,
-                 ini: Optional[Mapping[str, Any]] = None, keep: str = "") -> None:
-        self.registry = registry or Registry()
+                 artifacts_dir: Optional[Path] = None, keep: str = "") -> None:
+        self.registry = registry or kinds.discover()
         self.selection = selection
-        self.owner = owner
+        # Shared resources (session images, clusters) belong to services.session_owner, the process that
+        # outlives every worker, so a crashed worker cannot get them reaped.
+        self.services = services
+        owner = self.owner = services.owner
         self.is_session_owner = is_session_owner
         # --buildenv-keep: "all", "failed" (a failing test's environments), or "" (nothing); owner.keep
         # labels what is made as kept, so that no sweep or reaper removes it without --include-kept.
@@ -67,9 +69,6 @@ class BuildEnvSession:
         self.file_layers = file_layers or {}
         self.default_layers = default_layers or {}
         self.artifacts_dir = artifacts_dir
-        # Shared resources (session images, clusters) belong to the process that
-        # outlives every worker, so a crashed worker cannot get them reaped.
-        self.services = Services(owner, session_owner, progress=progress, ini=ini)
         self.stats = Stats()
         self.findings_at_end: list[Finding] = []
         self.left_behind: Optional[int] = 0  # None: could not be counted (the tooling went away)
@@ -86,8 +85,6 @@ class BuildEnvSession:
     # --- the process's life ----------------------------------------------
     def hold_owner_lock(self) -> None:
         """Held while this process lives: how the reaper of another session learns we are alive."""
-        from .reaper import OwnerLock
-
         if self._owner_lock is None:
             self._owner_lock = OwnerLock()
 
@@ -96,11 +93,19 @@ class BuildEnvSession:
             self._owner_lock.release()
             self._owner_lock = None
 
+    def check_settings(self) -> None:
+        """Every process, as settings load: each enabled kind's ini, option and buildenv.yaml settings,
+        checked once (a wrong value fails the session at its start, naming where it came from).
+        A marker's settings are checked when its test is collected and set up."""
+        for kind in self.selection.kinds:
+            for _, variant in self.variants(kind, {}, Path.cwd()):
+                self.settings(kind, {}, Path.cwd(), variant=variant)
+
     def start(self) -> list[Finding]:
         """Session owner, before any test: explicit kinds must be usable; then reap dead owners' leftovers."""
         if self.selection.explicit:
             for kind in self.selection.kinds:
-                self.registry.check(kind, self._defaults(kind)).raise_if_unusable()
+                self.registry.check(kind, self.services, self._defaults(kind)).raise_if_unusable()
         return [f for f in self._reap() if f.action == "remove"]
 
     def test_starting(self, last: bool) -> None:
@@ -130,8 +135,6 @@ class BuildEnvSession:
     def variants(self, kind: str, marker_values: Mapping[str, Any], test_dir: Path) -> list[tuple[str, dict[str, Any]]]:
         """A matrix: each list given where the setting takes one value (image=["b:12", "b:13"],
         build_args=[{...}, {...}]) multiplies the test; [(id, values)] per variant, [("", {})] for none."""
-        from .settings import matrix
-
         return matrix(self.registry.spec(kind).settings, self._layers(kind, marker_values, test_dir, ""))
 
     def manager(self, kind: str) -> Manager:
@@ -194,8 +197,6 @@ class BuildEnvSession:
         self.finish_process()
         if self.owner.keep:
             return  # kept: the shared directory still holds the kept clusters' kubeconfigs
-        from .sharing import remove_session_state
-
         remove_session_state(self.owner.session)  # first: our own state directory is not a leftover to report
         notes = len(self.end_notes)
         # Caches (provisioned snapshots, cache volumes) are kept on purpose: neither swept nor left behind.
@@ -204,8 +205,6 @@ class BuildEnvSession:
         self.left_behind = len(left) if len(self.end_notes) == notes else None
 
     def _reap(self, **options: Any) -> list[Finding]:
-        from .reaper import reap
-
         return self._survive("sweeping the session", lambda: reap(
             self.registry.finders(self.selection.kinds), self.services, unreachable=self.end_notes.append,
             **options), [])
@@ -225,7 +224,7 @@ class BuildEnvSession:
     def header_lines(self) -> list[str]:
         """What the enabled kinds run on (the container engine, once for the kinds that share it)."""
         headers = dict.fromkeys(self.registry.spec(kind).header for kind in self.selection.kinds)
-        return [f"buildenv: {self._survive('describing', header, '(not answering)')}"
+        return [f"buildenv: {self._survive('describing', partial(header, self.services), '(not answering)')}"
                 for header in headers if header is not None]
 
     def summary_lines(self) -> list[str]:

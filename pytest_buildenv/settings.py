@@ -38,6 +38,14 @@ class CommonSettings:
     timeout: Optional[float] = None  # default per-command timeout, seconds
 
 
+class SettingError(ConfigError):
+    """A settings dataclass's own check (its __post_init__) refused `key`; merge() names the layer it came from."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
 def known_keys(cls: type[CommonSettings]) -> list[str]:
     return sorted(f.name for f in dataclasses.fields(cls))
 
@@ -116,7 +124,11 @@ def merge(cls: type[S], kind: str, layers: list[SettingsLayer]) -> S:
             if key not in hints:
                 raise ConfigError(f"unknown keyword {key!r} in {layer.source}; {kind} takes {', '.join(allowed)}")
             values[key] = _coerce(value, hints[key], layer.base_dir, _failure(layer, key, value))
-    return cls(**values)
+    try:
+        return cls(**values)
+    except SettingError as exc:  # the strongest layer naming the key is where the value came from
+        source = next((layer.source for layer in reversed(layers) if exc.key in layer.values), "the defaults")
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _failure(layer: SettingsLayer, key: str, value: Any) -> Fail:

@@ -62,9 +62,6 @@ class SharedState:
     def records(self) -> dict[str, Record]:
         return {path.stem: json.loads(path.read_text()) for path in sorted(self.directory.glob("*.json"))}
 
-    def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
 
 def remove_session_state(session: str) -> None:
     """Remove a session's state directory without making it first (the owner may never have needed one)."""

@@ -19,6 +19,10 @@ import pytest
 
 from pytest_buildenv.engine import endpoint
 
+# Some tests start sessions of their own, which reap dead owners when they start: one at a time with the
+# other files' (see one_session_at_a_time in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_session_at_a_time")
+
 BUSYBOX = "buildenv-test/busybox:1"
 GCC = "buildenv-test/gcc:1"
 REMOTE = "unix:///run/buildenv-remote/docker.sock"
@@ -29,10 +33,7 @@ def no_engine_env(monkeypatch, tmp_path):
     for name in ("DOCKER_HOST", "DOCKER_CONTEXT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
-    saved = endpoint._explicit
-    endpoint.choose(None)
     yield tmp_path / "docker-config"
-    endpoint._explicit = saved
 
 
 def write_context(config: Path, name: str, host: str) -> None:
@@ -44,20 +45,20 @@ def write_context(config: Path, name: str, host: str) -> None:
 
 def test_engine_order_option_then_docker_host_then_context_then_default(no_engine_env, monkeypatch):
     config = no_engine_env
-    assert endpoint.current() == endpoint.Endpoint("unix:///var/run/docker.sock", "the default socket")
+    assert endpoint.resolve() == endpoint.Endpoint("unix:///var/run/docker.sock", "the default socket")
     write_context(config, "colima", "unix:///home/me/.colima/default/docker.sock")
-    assert endpoint.current() == endpoint.Endpoint("unix:///home/me/.colima/default/docker.sock", "docker context colima")
+    assert endpoint.resolve() == endpoint.Endpoint("unix:///home/me/.colima/default/docker.sock", "docker context colima")
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.9:2375")
-    assert endpoint.current() == endpoint.Endpoint("tcp://10.0.0.9:2375", "DOCKER_HOST")
-    endpoint.choose("/run/podman/podman.sock", "--buildenv-engine")  # a bare socket path, as podman prints it
-    assert endpoint.current() == endpoint.Endpoint("unix:///run/podman/podman.sock", "--buildenv-engine")
-    assert endpoint.current().socket == Path("/run/podman/podman.sock")
+    assert endpoint.resolve() == endpoint.Endpoint("tcp://10.0.0.9:2375", "DOCKER_HOST")
+    chosen = endpoint.resolve("/run/podman/podman.sock", "--buildenv-engine")  # a bare socket path, as podman prints it
+    assert chosen == endpoint.Endpoint("unix:///run/podman/podman.sock", "--buildenv-engine")
+    assert chosen.socket == Path("/run/podman/podman.sock")
 
 
 def test_docker_context_env_and_default_context(no_engine_env, monkeypatch):
     write_context(no_engine_env, "desktop", "unix:///home/me/.docker/desktop/docker.sock")
     monkeypatch.setenv("DOCKER_CONTEXT", "default")
-    assert endpoint.current().source == "the default socket"
+    assert endpoint.resolve().source == "the default socket"
 
 
 def test_a_context_without_its_endpoint_is_one_line(no_engine_env):
@@ -67,7 +68,7 @@ def test_a_context_without_its_endpoint_is_one_line(no_engine_env):
     (no_engine_env / "config.json").write_text(json.dumps({"currentContext": "gone"}))
     with pytest.raises(BackendUnavailable, match=r"^the Docker context 'gone' \(current in .*\) has no readable "
                                                  r"endpoint .*; `docker context use default`"):
-        endpoint.current()
+        endpoint.resolve()
 
 
 def test_run_as_for_each_engine():
@@ -93,10 +94,8 @@ def test_what_a_build_writes_is_the_users_on_this_engine(builder_container, engi
     assert env.run("cat out/deep/file", check=True).stdout == "edited on the host\n"
 
 
-def test_doctor_names_the_engine_and_what_it_is(engine):
-    from pytest_buildenv.engine.endpoint import current
-
-    url = current().url
+def test_doctor_names_the_engine_and_what_it_is(engine, suite_endpoint):
+    url = suite_endpoint.url
     out = subprocess.run([sys.executable, "-m", "pytest_buildenv", "doctor", "--engine", url],
                          capture_output=True, text=True, timeout=60).stdout
     line = next(line for line in out.splitlines() if line.startswith("container"))
@@ -106,12 +105,10 @@ def test_doctor_names_the_engine_and_what_it_is(engine):
         assert f"{engine.product}{' rootless' if engine.rootless else ''}" == expected
 
 
-def test_session_header_names_the_engine(pytester, engine):
-    from pytest_buildenv.engine.endpoint import current
-
+def test_session_header_names_the_engine(pytester, engine, suite_endpoint):
     pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest_subprocess("--buildenv=container", f"--buildenv-engine={current().url}")
-    result.stdout.fnmatch_lines([f"buildenv: engine {engine} at {current().url} (from --buildenv-engine); "
+    result = pytester.runpytest_subprocess("--buildenv=container", f"--buildenv-engine={suite_endpoint.url}")
+    result.stdout.fnmatch_lines([f"buildenv: engine {engine} at {suite_endpoint.url} (from --buildenv-engine); "
                                  "workspaces bind-mounted if it sees them, else copied*"])
 
 
@@ -132,16 +129,17 @@ def remote_engine():
 def copied_builder(engine_url: str, workspace: Path, image: str = BUSYBOX, **kwargs):
     import docker
 
-    from pytest_buildenv.kinds.container import ContainerEnv
+    from pytest_buildenv.kinds.container import BuilderSpec, ContainerEnv
     from pytest_buildenv.naming import Owner, new_session_id
 
     client = docker.DockerClient(base_url=engine_url)
-    return ContainerEnv(client, image, workspace, Owner(new_session_id()), test="copy", copy_workspace=True, **kwargs)
+    return ContainerEnv(client, BuilderSpec(image, copy_workspace=True, **kwargs), workspace, Owner(new_session_id()),
+                        test="copy")
 
 
 @pytest.mark.parametrize("where", ["remote", "suite engine"])
 def test_copy_mode_keeps_host_and_builder_in_step(request, tmp_path, where):
-    url = request.getfixturevalue("remote_engine") if where == "remote" else endpoint.current().url
+    url = request.getfixturevalue("remote_engine") if where == "remote" else request.getfixturevalue("suite_endpoint").url
     ws = tmp_path / "ws"
     (ws / "src").mkdir(parents=True)
     (ws / "src" / "a.txt").write_text("from the host\n")
@@ -216,7 +214,7 @@ def test_dind_on_a_remote_engine_is_one_line(pytester, remote_engine):
     assert "Traceback" not in result.stdout.str()
 
 
-def test_engine_words_come_first_and_the_image_hint_only_for_the_image(pytester, engine, tmp_path):
+def test_engine_words_come_first_and_the_image_hint_only_for_the_image(pytester, engine, suite_endpoint, tmp_path):
     pytester.makepyfile("""
         import pytest
 
@@ -226,20 +224,24 @@ def test_engine_words_come_first_and_the_image_hint_only_for_the_image(pytester,
 
         @pytest.mark.container(image="buildenv-test/no-sleep:1")
         def test_image_lacks_sleep(builder_container):
-            builder_container.run("true")
+            import time
+
+            for _ in range(100):  # the builder dies the moment its init finds no `sleep`: an exec may beat it
+                builder_container.run("true")
+                time.sleep(0.05)
     """)
     import docker
 
     from pytest_buildenv.engine import connect
 
-    client = connect()
+    client = connect(suite_endpoint)
     context = tmp_path / "no-sleep"  # a shell and nothing else
     context.mkdir()
     (context / "sh").write_bytes(Path("/bin/busybox").read_bytes())
     (context / "Dockerfile").write_text("FROM scratch\nCOPY sh /bin/sh\n")
     client.images.build(path=str(context), tag="buildenv-test/no-sleep:1", rm=True)
     try:
-        result = pytester.runpytest_subprocess("--buildenv=container", f"--buildenv-engine={endpoint.current().url}",
+        result = pytester.runpytest_subprocess("--buildenv=container", f"--buildenv-engine={suite_endpoint.url}",
                                                "-o", f"buildenv_image={BUSYBOX}")
     finally:
         try:

@@ -61,10 +61,10 @@ def node_image(pytestconfig):
 
 
 @pytest.fixture
-def client():
+def client(suite_endpoint):
     from pytest_buildenv.engine import connect
 
-    return connect()  # the suite's engine: the one kind's nodes are on in the kind stage
+    return connect(suite_endpoint)  # the suite's engine: the one kind's nodes are on in the kind stage
 
 
 def nodes(client, name):

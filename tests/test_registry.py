@@ -33,12 +33,25 @@ class EchoManager(LocalManager):
         return EchoEnv(workspace, environment={**settings.environment, "GREETING": greeting})
 
 
-def check(defaults):
+def check(services, defaults):
     import os
     return Check(os.environ.get("ECHO_BROKEN") is None, "the echo tool is broken", "unset ECHO_BROKEN")
 
 
-KIND = KindSpec(settings=EchoSettings, manager=EchoManager, check=check)
+def leftovers(services, session):
+    """Files named *.echo-left in $ECHO_LEFT, each a resource of the session its labels name."""
+    import json
+    import os
+    from pathlib import Path
+
+    from pytest_buildenv.naming import Labelled
+
+    for path in sorted(Path(os.environ.get("ECHO_LEFT", "/nonexistent")).glob("*.echo-left")):
+        labels = json.loads(path.read_text())
+        yield Labelled("echo-file", str(path), path.name, labels, path.unlink)
+
+
+KIND = KindSpec(settings=EchoSettings, manager=EchoManager, check=check, leftovers=leftovers)
 '''
 
 CONFTEST = '''
@@ -49,11 +62,8 @@ from pytest_buildenv.registry import Default, Entry
 
 def pytest_buildenv_register_kinds(registry):
     registry.add("echo", Entry("echo_kind", fixtures=("echo_env",),
-                               defaults=(Default("greeting", ini="echo_greeting"),)))
-
-
-def pytest_addoption(parser):
-    parser.addini("echo_greeting", "the echo kind's default greeting")
+                               defaults=(Default("greeting", ini="echo_greeting"),
+                                         Default("loud", option="--echo-loud", help="shout"))))
 
 
 @pytest.fixture
@@ -111,10 +121,89 @@ def test_doctor_lists_every_builtin_kind_from_the_registry():
     import subprocess
     import sys
 
-    from pytest_buildenv.registry import BUILTIN
+    from pytest_buildenv.kinds import BUILTIN
 
     out = subprocess.run([sys.executable, "-m", "pytest_buildenv", "doctor"], capture_output=True, text=True).stdout
     assert [line.split()[0] for line in out.splitlines() if not line.startswith(" ")] == list(BUILTIN)
+
+
+def test_a_kind_option_comes_from_its_entry(project):
+    result = project.runpytest_subprocess("-v", "--buildenv=echo", "--echo-loud=true", "-k", "default_from_ini")
+    result.assert_outcomes(failed=1)  # loud: the greeting the test expects is shouted
+    assert "FROM-INI" in result.stdout.str()
+
+
+@pytest.fixture
+def installed_echo(tmp_path, monkeypatch):
+    """The echo kind as an installed package: a pytest11 entry point naming its plugin module."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "echo_kind.py").write_text(ECHO_KIND)
+    (site / "echo_plugin.py").write_text(CONFTEST)
+    info = site / "pytest_buildenv_echo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pytest-buildenv-echo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[pytest11]\necho = echo_plugin\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    return site
+
+
+def test_doctor_and_reap_find_a_kind_another_package_registers(installed_echo, tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    from pytest_buildenv.kinds import BUILTIN
+    from pytest_buildenv.naming import Owner
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pytest_buildenv", *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+
+    doctor = cli("doctor", "--buildenv=echo")
+    listed = [line.split()[0] for line in doctor.stdout.splitlines() if not line.startswith(" ")]
+    assert listed == [*BUILTIN, "echo"] and doctor.returncode == 0, doctor.stdout + doctor.stderr
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / "left"
+    left.mkdir()
+    (left / "a.echo-left").write_text(json.dumps(Owner("deadbeef", pid=int(dead.stdout)).labels("echo")))
+    monkeypatch.setenv("ECHO_LEFT", str(left))
+    reap = cli("reap", "--buildenv=echo")
+    assert "remove: echo-file a.echo-left (session deadbeef: owner pid" in reap.stdout, reap.stdout + reap.stderr
+    assert not (left / "a.echo-left").exists()
+    monkeypatch.setenv("ECHO_BROKEN", "1")
+    broken = cli("doctor", "--buildenv=echo")
+    assert broken.returncode == 1 and "echo      unavailable: the echo tool is broken" in broken.stdout
+    assert "fix: unset ECHO_BROKEN" in broken.stdout
+
+
+def test_a_wrong_memory_string_in_buildenv_yaml_fails_the_session_at_its_start(pytester):
+    pytester.makefile(".yaml", buildenv="container:\n  memory: lots\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("--buildenv=local")  # container not even enabled: the file loads
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: buildenv.yaml section 'container': memory='lots' is not a size; *"])
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("vm:\n  vagrantfile: nowhere/Vagrantfile", "buildenv.yaml section 'vm': Vagrantfile */nowhere/Vagrantfile not found; *"),
+    ("kind:\n  cluster: Not_A_Name", "buildenv.yaml section 'kind': KIND cluster name 'Not_A_Name' is invalid; *"),
+    ("container:\n  docker_options: {user: root}", "buildenv.yaml section 'container': docker_options key 'user' is "
+     "the plugin's; use run(user=...)*"),
+])
+def test_every_builtin_kinds_own_checks_run_when_settings_load(pytester, section, message):
+    pytester.makefile(".yaml", buildenv=section + "\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("--buildenv=local")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+def test_a_wrong_ini_value_of_an_enabled_kind_fails_the_session_at_its_start(pytester):
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("--buildenv=container", "-o", "buildenv_pids=many")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: ini and options: pids='many' is not valid; pids takes a whole number"])
 
 
 @pytest.mark.parametrize(("marker", "message"), [
@@ -150,5 +239,6 @@ def test_a_wrong_type_in_buildenv_yaml_stops_the_session_naming_the_file(pyteste
 def test_a_wrong_ini_value_names_the_ini(pytester):
     pytester.makeini("[pytest]\nbuildenv_timeout = soon\n")
     pytester.makepyfile("def test_x(buildenv):\n    pass\n")
-    result = pytester.runpytest_subprocess()
-    result.stdout.fnmatch_lines(["*ini and options: timeout='soon' is not valid; timeout takes a number*"])
+    result = pytester.runpytest_subprocess()  # checked as settings load: the session never starts
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ini and options: timeout='soon' is not valid; timeout takes a number"])

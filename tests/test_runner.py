@@ -17,6 +17,8 @@ import pytest
 
 from pytest_buildenv.naming import Owner, new_session_id
 
+pytestmark = pytest.mark.usefixtures("one_session_at_a_time")  # it starts a session (see conftest.py)
+
 RUNNER = "buildenv-test/runner:1"
 SOURCE = Path(__file__).resolve().parents[1] / "pytest_buildenv"
 INSIDE = "/builds/group/project"

@@ -56,10 +56,12 @@ def test_env_var_then_ini_then_default(project, monkeypatch):
 
 
 def test_auto_enables_what_this_machine_has(project):
-    from pytest_buildenv.registry import Registry
+    from pytest_buildenv.kinds import discover
+    from pytest_buildenv.naming import Owner, new_session_id
+    from pytest_buildenv.services import Services
 
-    registry = Registry()
-    expected = [kind for kind in registry if kind == "local" or registry.available(kind)]
+    registry, services = discover(), Services(Owner(new_session_id()))
+    expected = [kind for kind in registry if kind == "local" or registry.available(kind, services)]
     assert expected[:3] == ["local", "container", "dind"]  # this suite's machines have Docker
     project.makepyfile("""
         import pytest

@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from pytest_buildenv.engine.containers import InvokingUser, wait_for_removals
-from pytest_buildenv.kinds.container import ContainerEnv
+from pytest_buildenv.kinds.container import BuilderSpec, ContainerEnv
 from pytest_buildenv.naming import LABEL_KIND, LABEL_SESSION, Owner, new_session_id
 from pytest_buildenv.engine.netns import HOLDERS_PER_NETWORK, SharedNetworks
 
@@ -154,8 +154,8 @@ def test_holders_are_labelled_lent_round_robin_and_only_to_one_open_builder(netw
     envs = []
     for i in range(3):
         (tmp_path / str(i)).mkdir()
-        envs.append(ContainerEnv(client, BUSYBOX, tmp_path / str(i), owner,
-                                 network=shared.mode_for_new_builder(None, BUSYBOX)).start())
+        spec = BuilderSpec(BUSYBOX, network=shared.mode_for_new_builder(None, BUSYBOX))
+        envs.append(ContainerEnv(client, spec, tmp_path / str(i), owner).start())
     first, second, third = envs
     assert first.network != second.network and third.network == first.network
     holder = client.containers.get(first.network.split(":", 1)[1])

@@ -11,29 +11,33 @@ from __future__ import annotations
 
 import contextlib
 import re
+import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, Check
+from .endpoint import Endpoint, describe
 
 if TYPE_CHECKING:
     import docker
 
-    from ..registry import Check
+# The endpoint each client was made for: messages name the engine a client talks to (no module-wide choice).
+_endpoints: weakref.WeakKeyDictionary[Any, Endpoint] = weakref.WeakKeyDictionary()
 
 
-def where() -> str:
-    """The engine's address (see endpoint.py for how it is chosen)."""
-    from .endpoint import current
-
-    return current().url
+def endpoint_of(client: docker.DockerClient) -> Endpoint:
+    """The engine `client` talks to, and what chose it."""
+    return _endpoints.get(client) or Endpoint(str(client.api.base_url), "a client made elsewhere")
 
 
-def describe_unreachable(exc: BaseException) -> tuple[str, str]:
+def where(client: docker.DockerClient) -> str:
+    """The address of the engine `client` talks to, for messages."""
+    return endpoint_of(client).url
+
+
+def describe_unreachable(exc: BaseException, endpoint: Endpoint) -> tuple[str, str]:
     """(cause, remedy): where we looked for the daemon, why it failed, what fixes it."""
-    from .endpoint import current
-
-    text, endpoint = str(exc), current()
+    text = str(exc)
     if "Permission denied" in text or "PermissionError" in text:
         remedy = "add your user to the socket's group (usermod -aG docker $USER) and log in again"
     elif endpoint.default:
@@ -44,44 +48,37 @@ def describe_unreachable(exc: BaseException) -> tuple[str, str]:
     return f"container engine unreachable at {endpoint.url}, from {endpoint.source} ({reason})", remedy
 
 
-def connect(timeout: int = 60) -> docker.DockerClient:
+def connect(endpoint: Endpoint, timeout: int = 60) -> docker.DockerClient:
     """A client that has answered a ping, or BackendUnavailable saying why not."""
     try:
-        client = _client(timeout)
+        client = _client(endpoint, timeout)
         client.ping()
     except Exception as exc:  # DockerException, requests' ConnectionError, ...
-        cause, remedy = describe_unreachable(exc)
-        raise BackendUnavailable(f"{cause}; {remedy}") from exc
+        raise BackendUnavailable(*describe_unreachable(exc, endpoint)) from exc
     return client
 
 
-def probe(timeout: int = 10) -> Check:
+def probe(endpoint: Endpoint, timeout: int = 10) -> Check:
     """Whether the engine answers, and what it is: for doctor and explicit selection."""
-    from ..registry import Check
-
-    from .endpoint import current, describe
-
     try:
-        client = _client(timeout)
+        client = _client(endpoint, timeout)
         info = describe(client)
     except Exception as exc:
-        return Check(False, *describe_unreachable(exc))
+        return Check(False, *describe_unreachable(exc, endpoint))
     client.close()
-    endpoint = current()
     return Check(True, f"{info} at {endpoint.url} (from {endpoint.source})")
 
 
-def _client(timeout: int) -> docker.DockerClient:
+def _client(endpoint: Endpoint, timeout: int) -> docker.DockerClient:
     import docker  # lazy: importing the plugin must not import docker
 
-    from .endpoint import current
+    client = docker.DockerClient(base_url=endpoint.url, timeout=timeout, use_ssh_client=endpoint.url.startswith("ssh://"))
+    _endpoints[client] = endpoint
+    return client
 
-    url = current().url
-    return docker.DockerClient(base_url=url, timeout=timeout, use_ssh_client=url.startswith("ssh://"))
 
-
-def not_back(seconds: float) -> BackendUnavailable:
-    return BackendUnavailable(f"the container engine at {where()} did not answer within {seconds:g} s; "
+def not_back(seconds: float, endpoint: Endpoint) -> BackendUnavailable:
+    return BackendUnavailable(f"the container engine at {endpoint.url} did not answer within {seconds:g} s",
                               "start it, or raise ini buildenv_engine_wait")
 
 
@@ -98,7 +95,7 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def lost_during(action: str) -> Iterator[None]:
+def lost_during(action: str, client: docker.DockerClient) -> Iterator[None]:
     """Inside a builder: the engine (or the builder with it) went away mid-way is one line naming the engine."""
     import docker
 
@@ -111,17 +108,17 @@ def lost_during(action: str) -> Iterator[None]:
         if not (gone or is_connection_error(exc)):
             raise
         detail = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:160]
-        raise BackendUnavailable(f"the container engine at {where()} went away during {action} ({detail}); "
+        raise BackendUnavailable(f"the container engine at {where(client)} went away during {action} ({detail})",
                                  "rerun once it is up: the builder went with it") from exc
 
 
 @contextlib.contextmanager
-def daemon_errors(action: str) -> Iterator[None]:
+def daemon_errors(action: str, client: docker.DockerClient) -> Iterator[None]:
     """Turn 'the daemon went away' mid-operation into one BackendUnavailable line."""
     try:
         yield
     except Exception as exc:
         if is_connection_error(exc):
-            cause, remedy = describe_unreachable(exc)
-            raise BackendUnavailable(f"while {action}: {cause}; {remedy}") from exc
+            cause, remedy = describe_unreachable(exc, endpoint_of(client))
+            raise BackendUnavailable(f"while {action}: {cause}", remedy) from exc
         raise

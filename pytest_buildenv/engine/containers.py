@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from collections.abc import Iterable, Mapping
 
 from ..errors import BackendUnavailable, BuildEnvError
-from . import daemon_errors
+from . import daemon_errors, where
+from .endpoint import describe, run_as
 
 if TYPE_CHECKING:
     import docker
@@ -87,8 +88,6 @@ def start_idle_container(client: docker.DockerClient, image: str, *, name: str, 
     and whether the user's other groups exist in its id space."""
     import docker
 
-    from .endpoint import describe, run_as
-
     api = client.api
     extra = dict(host or {})
     policy = run_as(describe(client), 0, 0)
@@ -105,17 +104,17 @@ def start_idle_container(client: docker.DockerClient, image: str, *, name: str, 
     )
     if policy.userns:
         host_config["UsernsMode"] = policy.userns  # the SDK's HostConfig takes only "host"; the engine takes more
-    with daemon_errors(f"starting a {role} from {image}"):
+    with daemon_errors(f"starting a {role} from {image}", client):
         try:
             created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name, user=user,
                                            labels=labels, host_config=host_config, detach=True, **create)
         except docker.errors.APIError as exc:
-            raise _refused(exc, role, image, "create") from exc
+            raise _refused(exc, client, role, image, "create") from exc
         try:
             api.start(created["Id"])
         except docker.errors.APIError as exc:
             api.remove_container(created["Id"], force=True, v=True)
-            raise _refused(exc, role, image, "start") from exc
+            raise _refused(exc, client, role, image, "start") from exc
     return str(created["Id"])
 
 
@@ -125,19 +124,18 @@ def refuses_host_paths(words: str) -> bool:
                           r"statfs .*: no such file or directory", words, re.IGNORECASE))
 
 
-def _refused(exc: Any, role: str, image: str, step: str) -> BuildEnvError:
+def _refused(exc: Any, client: docker.DockerClient, role: str, image: str, step: str) -> BuildEnvError:
     """The engine's own words first, then the remedy for what they name."""
     import docker
 
-    from . import where
-
+    engine = where(client)
     words = _first_line(exc)
     if isinstance(exc, docker.errors.ImageNotFound) and step == "create" and "image" in words.lower():
-        return BackendUnavailable(f"{role}: the engine at {where()} has no image {image} ({words}); "
+        return BackendUnavailable(f"{role}: the engine at {engine} has no image {image} ({words})",
                                   "build or pull it on that engine (docker -H ... load)")
     if refuses_host_paths(words):
-        return BackendUnavailable(f"{role} from {image}: the engine at {where()} cannot see this machine's files "
-                                  f"({words}); leave the setting workspace unset or set it to copy, "
+        return BackendUnavailable(f"{role} from {image}: the engine at {engine} cannot see this machine's files "
+                                  f"({words})", "leave the setting workspace unset or set it to copy, "
                                   "and keep bind mounts (docker_options mounts, ssh_agent) for a local engine")
     if re.search(r"\bsleep\b|executable file not found|exec format error", words):
         remedy = "a builder image needs `sleep` and `sh` (busybox or coreutils)"
@@ -145,7 +143,7 @@ def _refused(exc: Any, role: str, image: str, step: str) -> BuildEnvError:
         remedy = "install the engine's init (catatonit for Podman, docker-init for Docker)"
     else:
         remedy = "the engine's words say what to fix; or name another engine with --buildenv-engine"
-    return BackendUnavailable(f"{role} from {image} would not {step}: the engine at {where()} says: {words}; {remedy}")
+    return BackendUnavailable(f"{role} from {image} would not {step}: the engine at {engine} says: {words}", remedy)
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Optional
 
 from ..errors import BuildEnvError
+from .archive import extract_safely
+from .containers import refuses_host_paths
 
 if TYPE_CHECKING:
     import docker
@@ -175,8 +177,6 @@ class CopiedWorkspace:
     def _extract(self, data: bytes) -> list[str]:
         """Files through tarfile's safe extraction; links remade as they are (an archive's link may point
         anywhere, as the builder's did)."""
-        from ..kinds.container import extract_safely
-
         if not data.strip(b"\0\n"):
             return []
         with tarfile.open(fileobj=io.BytesIO(data), ignore_zeros=True) as archive:
@@ -234,8 +234,6 @@ def engine_sees(client: docker.DockerClient, directory: Path, image: str, labels
     """Whether the engine can bind-mount what is in `directory`: a container is created (never started)
     mounting a fresh directory of ours, which an engine elsewhere refuses at once, as it has no such path."""
     import docker
-
-    from .containers import refuses_host_paths
 
     probe = Path(tempfile.mkdtemp(prefix=".buildenv-probe-", dir=directory))
     api = client.api

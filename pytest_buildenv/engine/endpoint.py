@@ -42,17 +42,9 @@ class Endpoint:
         return {} if self.default else {"DOCKER_HOST": self.url}
 
 
-_explicit: tuple[Optional[str], str] = (None, "")
-
-
-def choose(url: Optional[str], source: str = "--buildenv-engine") -> None:
-    """Set the engine for this process (None: DOCKER_HOST, the current context, the default socket)."""
-    global _explicit
-    _explicit = (url or None, source)
-
-
-def current() -> Endpoint:
-    url, source = _explicit
+def resolve(url: Optional[str] = None, source: str = "--buildenv-engine") -> Endpoint:
+    """The engine a session uses: `url` named by `source` (an option, an ini value) if given, else
+    DOCKER_HOST, the current context, the default socket. Resolved once, when the session starts."""
     if url:
         return Endpoint(_as_url(url), source)
     if os.environ.get("DOCKER_HOST"):
@@ -80,8 +72,8 @@ def _from_context() -> Optional[Endpoint]:
         host = json.loads(meta.read_text())["Endpoints"]["docker"]["Host"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BackendUnavailable(f"the Docker context {name!r} (current in {config_dir}) has no readable endpoint "
-                                 f"({type(exc).__name__} reading {meta}); `docker context use default`, "
-                                 "or set --buildenv-engine / DOCKER_HOST") from None
+                                 f"({type(exc).__name__} reading {meta})",
+                                 "`docker context use default`, or set --buildenv-engine / DOCKER_HOST") from None
     return Endpoint(str(host), f"docker context {name}")
 
 

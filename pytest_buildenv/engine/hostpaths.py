@@ -33,11 +33,9 @@ class PathMapping:
 class HostPaths:
     """Maps paths as pytest sees them to paths as the Docker daemon sees them."""
 
-    def __init__(self, mappings: Optional[list[PathMapping]] = None, container: str = "",
-                 source: str = "") -> None:
+    def __init__(self, mappings: Optional[list[PathMapping]] = None, source: str = "") -> None:
         # Longest first, so the most specific mount wins.
         self.mappings = sorted(mappings or [], key=lambda m: len(m.inside.parts), reverse=True)
-        self.container = container
         self.source = source
         self.identity = mappings is None
 
@@ -113,5 +111,5 @@ def detect(client: docker.DockerClient) -> HostPaths:
             continue
         mappings = [PathMapping(PurePosixPath(m["Destination"]), PurePosixPath(m["Source"]))
                     for m in attrs.get("Mounts", []) if m.get("Type") in ("bind", "volume") and m.get("Source")]
-        return HostPaths(mappings, container=attrs["Id"], source=f"container {attrs['Name'].lstrip('/')}")
+        return HostPaths(mappings, source=f"container {attrs['Name'].lstrip('/')}")
     return HostPaths()

@@ -23,11 +23,12 @@ from . import daemon_errors
 from ..events import emit
 from ..errors import ConfigError, ImageBuildError, tail
 from ..naming import LABEL_CACHE, Owner, slug
+from ..sharing import SharedState, state_root
+from .containers import remove_container, start_idle_container
 
 if TYPE_CHECKING:
     import docker
 
-    from ..sharing import SharedState
 
 # The Dockerfile travels in the context under this name, wherever it lives on disk.
 INJECTED_DOCKERFILE = ".buildenv.Dockerfile"
@@ -118,7 +119,7 @@ class ImageBuilder:
 
         if tag in self._present:
             return tag  # already looked up this session
-        with daemon_errors(f"looking up image {tag}"):
+        with daemon_errors(f"looking up image {tag}", self.client):
             try:
                 self.client.images.get(tag)
                 self._present.add(tag)
@@ -144,8 +145,6 @@ class ImageBuilder:
         tag = f"buildenv-snapshot:{key[:20]}"
         if tag in self._present:
             return tag
-        from ..sharing import state_root
-
         # Per user: filelock refuses a lock file another user made (and /tmp is everyone's).
         lock = state_root() / f"snapshot-{key[:20]}.lock"
         with FileLock(str(lock)):  # one provisioning per content on this host, however many sessions ask
@@ -157,8 +156,6 @@ class ImageBuilder:
     def _provision(self, base: str, commands: tuple[str, ...], user: str, tag: str, key: str) -> None:
         import time as clock
 
-        from .containers import remove_container, start_idle_container
-
         self.progress(f"provisioning snapshot {tag} from {base} ({len(commands)} steps)")
         started = clock.monotonic()
         api = self.client.api
@@ -166,7 +163,7 @@ class ImageBuilder:
                                          labels=self.owner.labels("provision"), role="provisioning container",
                                          setuid=True)
         try:
-            with daemon_errors(f"provisioning a snapshot of {base}"):
+            with daemon_errors(f"provisioning a snapshot of {base}", self.client):
                 for step in commands:
                     exec_id = api.exec_create(container, ["sh", "-c", step], user=user)["Id"]
                     output = api.exec_start(exec_id).decode("utf-8", errors="replace")
@@ -203,7 +200,7 @@ class ImageBuilder:
     def _exists(self, tag: str) -> bool:
         import docker
 
-        with daemon_errors(f"looking up image {tag}"):
+        with daemon_errors(f"looking up image {tag}", self.client):
             try:
                 self.client.images.get(tag)
                 return True
@@ -219,7 +216,7 @@ class ImageBuilder:
         context = cast(IO[bytes], create_archive(str(spec.context), files=files,
                                                  extra_files=[(INJECTED_DOCKERFILE, spec.dockerfile.read_text())]))
         log: list[str] = []
-        with daemon_errors(f"building {spec.dockerfile}"), context:
+        with daemon_errors(f"building {spec.dockerfile}", self.client), context:
             stream = self.client.api.build(
                 fileobj=context, custom_context=True, dockerfile=INJECTED_DOCKERFILE, tag=tag,
                 target=spec.target, buildargs=spec.build_args, labels=self.owner.labels("image"),

@@ -22,23 +22,34 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from ..events import emit
 from ..naming import Owner
+from .containers import InvokingUser, schedule_removal, start_idle_container
 
 if TYPE_CHECKING:
     import docker
 
-    from ..handle import BuildEnv
-    from ..kinds.container import ContainerEnv
-    from .containers import InvokingUser
 
 CONTAINER_MODE = "container:"
+
+
 # Two holders per network: a test's builder never waits for the one the test
 # before it just released (its removal is still in flight); it waits, if at
 # all, for the tenant of two tests ago.
 HOLDERS_PER_NETWORK = 2
+
+
+class Tenant(Protocol):
+    """What lending a holder needs of a builder: the network mode it was started with, and,
+    once closed, its removal in flight."""
+
+    @property
+    def network(self) -> Optional[str]: ...
+
+    @property
+    def removal(self) -> Optional[Future[None]]: ...
 
 
 @dataclass
@@ -111,7 +122,7 @@ class SharedNetworks:
                     holder.gone = True
                     holders.remove(holder)
 
-    def claim(self, env: ContainerEnv) -> bool:
+    def claim(self, env: Tenant) -> bool:
         """Lend env's holder to env for one test.
 
         False when env cannot have it: another open builder of this process
@@ -141,10 +152,10 @@ class SharedNetworks:
         except docker.errors.NotFound:
             return False
 
-    def release(self, env: BuildEnv) -> None:
+    def release(self, env: Tenant) -> None:
         """env was closed: its holder is free once env's removal is done."""
-        holder = self._by_mode.get(getattr(env, "network", None) or "")
-        removal = getattr(env, "removal", None)
+        holder = self._by_mode.get(env.network or "")
+        removal = env.removal
         if holder is None:
             return
         with self._lock:
@@ -154,8 +165,6 @@ class SharedNetworks:
 
     def close(self) -> None:
         """Schedule every holder's removal; `wait_for_removals()` joins it with its builders'."""
-        from .containers import schedule_removal
-
         with self._lock:
             holders = list(self._by_mode.values())  # gone ones too: a stopped holder still exists
             self._holders.clear()
@@ -164,8 +173,6 @@ class SharedNetworks:
             schedule_removal(self.client, holder.id)
 
     def _start_holder(self, network: Optional[str], image: str) -> Holder:
-        from .containers import start_idle_container
-
         name = self.owner.name("netns")
         holder_id = start_idle_container(self.client, image, name=name, user=self.user.user_spec,
                                          labels=self.owner.labels("netns"), role="network holder", network=network)

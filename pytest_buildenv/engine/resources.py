@@ -9,21 +9,19 @@ from collections.abc import Iterator
 
 from . import daemon_errors
 from ..events import emit
-from ..naming import ANY_OWNED, LABEL_CLUSTER, session_filter
+from ..naming import ANY_OWNED, LABEL_CLUSTER, Labelled, session_filter
 
 if TYPE_CHECKING:
     import docker
 
-    from ..reaper import Labelled
 
-
-def quietly(action: Callable[[], object]) -> Callable[[], None]:
+def quietly(action: Callable[[], object], client: docker.DockerClient) -> Callable[[], None]:
     """Run a removal; another reaper (a concurrent session) may be removing the same thing: gone is gone."""
     import docker as sdk
 
     def run() -> None:
         try:
-            with daemon_errors("removing a labelled resource"):
+            with daemon_errors("removing a labelled resource", client):
                 action()
         except sdk.errors.NotFound:
             pass
@@ -35,23 +33,23 @@ def quietly(action: Callable[[], object]) -> Callable[[], None]:
 
 
 def labelled_resources(client: docker.DockerClient, session: Optional[str] = None) -> Iterator[Labelled]:
-    from ..reaper import Labelled
-
     filters = session_filter(session) if session else ANY_OWNED
     api = client.api
-    with daemon_errors("listing labelled resources"):
+    with daemon_errors("listing labelled resources", client):
         containers, networks = api.containers(all=True, filters=filters), api.networks(filters=filters)
         volumes, images = api.volumes(filters=filters).get("Volumes") or [], api.images(filters=filters)
     for c in containers:
         yield Labelled("container", c["Id"], c["Names"][0].lstrip("/"), c["Labels"] or {},
-                       quietly(partial(api.remove_container, c["Id"], force=True, v=True)))
+                       quietly(partial(api.remove_container, c["Id"], force=True, v=True), client))
     for n in networks:
-        yield Labelled("network", n["Id"], n["Name"], n.get("Labels") or {}, quietly(partial(api.remove_network, n["Id"])))
+        yield Labelled("network", n["Id"], n["Name"], n.get("Labels") or {},
+                       quietly(partial(api.remove_network, n["Id"]), client))
     for v in volumes:
         labels = v.get("Labels") or {}
         if LABEL_CLUSTER not in labels:
             yield Labelled("volume", v["Name"], v["Name"], labels,
-                           quietly(partial(api.remove_volume, v["Name"], force=True)))
+                           quietly(partial(api.remove_volume, v["Name"], force=True), client))
     for i in images:
         name = (i.get("RepoTags") or [i["Id"]])[0]
-        yield Labelled("image", i["Id"], name, i.get("Labels") or {}, quietly(partial(api.remove_image, i["Id"], force=True)))
+        yield Labelled("image", i["Id"], name, i.get("Labels") or {},
+                       quietly(partial(api.remove_image, i["Id"], force=True), client))

@@ -19,8 +19,10 @@ the run failed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -33,21 +35,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 from collections.abc import Iterator, Mapping, Sequence
 
-from ..engine import where
+import yaml
+
+from ..engine import endpoint_of, probe, where
+from ..engine.endpoint import Endpoint, describe, resolve
 from ..engine.images import save_as
-from ..errors import ClusterError, ConfigError, tail
+from ..engine.resources import quietly
+from ..errors import Check, ClusterError, ConfigError, tail
 from ..events import emit
 from ..handle import BuildEnv
-from ..naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_SESSION, PREFIX, Owner
-from ..registry import Check, KindSpec, Services, SessionEnd, TestInfo
+from ..naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_SESSION, PREFIX, Labelled, Owner
+from ..registry import KindSpec, SessionEnd, TestInfo
 from ..result import Result
-from ..settings import CommonSettings
+from ..services import Services
+from ..settings import CommonSettings, SettingError
 from .local import LocalEnv
 
 if TYPE_CHECKING:
     import docker
-
-    from ..reaper import Labelled
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,22 @@ class KindSettings(CommonSettings):
     wait: str = "120s"
     cluster: Optional[str] = None  # reuse this existing cluster; it is then never deleted
     kind_bin: str = "kind"  # the kind executable (--kind-bin)
+
+    def __post_init__(self) -> None:
+        """The cluster's name and config, checked as settings load (a config file is read once per process)."""
+        for key, check in (("cluster", lambda: self.cluster and validate_name(self.cluster)),
+                           ("config", lambda: validate_config(self.config))):
+            try:
+                check()
+            except ConfigError as exc:
+                raise SettingError(key, str(exc)) from None
+
+    @property
+    def cluster_key(self) -> str:
+        """Which session cluster these settings ask for, by content: a config given as a file and the same
+        config given as a mapping are one cluster."""
+        return hashlib.sha256(json.dumps([self.image, validate_config(self.config), self.wait, self.cluster],
+                                         default=str, sort_keys=True).encode()).hexdigest()[:8]
 
 # On the shadow volume: how its creator ran kind, for the reaper to delete the cluster the same way.
 LABEL_KIND_BIN, LABEL_PROVIDER, LABEL_KUBECONFIG = (f"{PREFIX}.{key}" for key in ("kind-bin", "kind-provider",
@@ -74,21 +95,22 @@ def validate_name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=32)
+def _read_config(path: Path) -> Any:
+    """A config file's content, read once per process (every test's settings name it)."""
+    if not path.is_file():
+        raise ConfigError(f"KIND config {path} not found; fix config=")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"KIND config {path} is not valid YAML ({str(exc).splitlines()[0]}); fix the file") from exc
+
+
 def validate_config(config: Union[Path, Mapping[str, Any], None]) -> Optional[dict[str, Any]]:
     """A kind Cluster config as a dict (from a path or a mapping), checked before kind sees it."""
-    import yaml
-
     if config is None:
         return None
-    if isinstance(config, Path):
-        if not config.is_file():
-            raise ConfigError(f"KIND config {config} not found; fix config=")
-        try:
-            data = yaml.safe_load(config.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"KIND config {config} is not valid YAML ({str(exc).splitlines()[0]}); fix the file") from exc
-    else:
-        data = dict(config)
+    data = _read_config(config) if isinstance(config, Path) else dict(config)
     api_version = str(data.get("apiVersion", "")) if isinstance(data, dict) else ""
     if not isinstance(data, dict) or data.get("kind") != "Cluster" or not api_version.startswith("kind.x-k8s.io/"):
         raise ConfigError("KIND config must be a mapping with kind: Cluster and apiVersion: kind.x-k8s.io/v1alpha4")
@@ -97,21 +119,15 @@ def validate_config(config: Union[Path, Mapping[str, Any], None]) -> Optional[di
 
 def provider() -> str:
     """kind's node provider, as kind picks it: KIND_EXPERIMENTAL_PROVIDER (podman, nerdctl), else docker."""
-    import os
-
     return os.environ.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
 
 
-def kind_environment() -> dict[str, str]:
+def kind_environment(endpoint: Endpoint) -> dict[str, str]:
     """kind drives the Docker CLI (its docker provider, `kind load docker-image`): the session's engine."""
-    from ..engine.endpoint import current
-
-    return current().cli_environment
+    return endpoint.cli_environment
 
 
 def _run(argv: Sequence[str], *, timeout: Optional[float] = None, env: Optional[Mapping[str, str]] = None) -> Result:
-    import os
-
     started = time.monotonic()
     try:
         proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
@@ -159,6 +175,7 @@ class KindCluster:
         self.kubeconfig = self.state_dir / f"kubeconfig-{name}"
         self.owner = owner
         self.client = client
+        self.endpoint = endpoint_of(client) if client is not None else resolve()  # the engine kind drives
         self._api: Any = None
 
     # --- lifecycle -------------------------------------------------------
@@ -176,8 +193,6 @@ class KindCluster:
         if self.image:
             argv += ["--image", self.image]
         if self.config is not None:
-            import yaml
-
             config_path = self.state_dir / f"kind-config-{self.name}.yaml"
             config_path.write_text(yaml.safe_dump(self.config))
             argv += ["--config", str(config_path)]
@@ -216,7 +231,7 @@ class KindCluster:
         self.delete()
 
     def _kind(self, *args: str, timeout: Optional[float] = 900) -> Result:
-        return _run([self.kind_bin, *args], timeout=timeout, env=kind_environment())
+        return _run([self.kind_bin, *args], timeout=timeout, env=kind_environment(self.endpoint))
 
     # The labelled volume that lets the reaper find a cluster whose owner died, and delete it as this
     # process would: with kind, its provider and the kubeconfig that holds the cluster's entries.
@@ -267,8 +282,6 @@ class KindCluster:
         elif self.client is None:
             result = self._kind("load", "docker-image", tag_or_archive, "--name", self.name)
         else:
-            from ..engine.endpoint import describe
-
             image = self._local_image(tag_or_archive)
             if describe(self.client).product == "Docker":
                 result = self._kind("load", "docker-image", tag_or_archive, "--name", self.name)
@@ -295,12 +308,11 @@ class KindCluster:
         try:
             return self.client.images.get(tag)
         except docker.errors.ImageNotFound:
-            raise ClusterError(f"image {tag!r} is not on the engine at {where()}; build or pull it "
+            raise ClusterError(f"image {tag!r} is not on the engine at {where(self.client)}; build or pull it "
                                "before load_image()") from None
 
     def apply(self, manifest: Union[str, Path], namespace: str = "default") -> list[Any]:
         """Create every object of a (multi-document) manifest, given as a path or as YAML text."""
-        import yaml
         from kubernetes import utils
 
         text = manifest.read_text() if isinstance(manifest, Path) else str(manifest)
@@ -319,8 +331,6 @@ class KindCluster:
         if namespace:
             argv += ["--namespace", namespace, "--create-namespace"]
         if values:
-            import yaml
-
             values_file = self.state_dir / f"values-{release}.yaml"
             values_file.write_text(yaml.safe_dump(dict(values)))
             argv += ["--values", str(values_file)]
@@ -530,9 +540,7 @@ class Clusters:
 
     @property
     def client(self) -> docker.DockerClient:
-        from ..engine import connect
-
-        return self.services.memo("engine.client", connect)
+        return self.services.engine.client
 
     def open(self, settings: KindSettings, workspace: Path, test: TestInfo) -> KindEnv:
         return KindEnv(workspace, self.cluster_for(settings), environment=settings.environment,
@@ -540,10 +548,7 @@ class Clusters:
 
     def cluster_for(self, settings: KindSettings) -> KindCluster:
         """The session's cluster for these settings: created by the first process that asks."""
-        # By content: a config given as a file and the same config given as a mapping are one cluster.
-        config = validate_config(settings.config)
-        key = hashlib.sha256(json.dumps([settings.image, config, settings.wait, settings.cluster],
-                                        default=str, sort_keys=True).encode()).hexdigest()[:8]
+        key = settings.cluster_key
         if key not in self._clusters:
             def create() -> dict[str, Any]:
                 name = settings.cluster or f"buildenv-{self.services.owner.session}-{key[:6]}"
@@ -588,10 +593,8 @@ class Clusters:
                            owner=self.services.session_owner, client=self.client, **options)
 
 
-def check(defaults: Mapping[str, Any]) -> Check:
+def check(services: Services, defaults: Mapping[str, Any]) -> Check:
     """kind on PATH and the engine it drives; kubectl and helm are reported, not required."""
-    from ..engine import probe
-
     kind_bin = str(defaults.get("kind_bin") or "kind")
     tools = {name: _version(argv) for name, argv in (("kind", [kind_bin, "version"]),
                                                       ("kubectl", ["kubectl", "version", "--client"]),
@@ -600,7 +603,7 @@ def check(defaults: Mapping[str, Any]) -> Check:
     if tools["kind"] is None:
         return Check(False, f"`{kind_bin}` executable not found on PATH ({found})",
                      "install kind (a release binary from kind.sigs.k8s.io) on PATH, or pass --kind-bin")
-    engine = probe()
+    engine = probe(services.endpoint)
     if not engine.ok:
         return Check(False, f"{found}; {engine.detail}", engine.fix)
     uses = {"kubectl": ".kubectl() and .port_forward()", "helm": ".helm_install()"}
@@ -622,11 +625,8 @@ def _version(argv: list[str]) -> Optional[str]:
 
 def leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:
     """Clusters we created, by the labelled volume that shadows each; removing one removes its nodes."""
-    from ..engine import connect
-    from ..engine.resources import quietly
-    from ..reaper import Labelled
-
-    api = services.memo("engine.client", connect).api
+    client = services.engine.client
+    api = client.api
     # One label in the query, the other checked here: Podman's API matches a volume having *any* of
     # several labels (Docker: all), and one session's sweep then deleted every session's clusters.
     owned = f"{LABEL_SESSION}={session}" if session else ANY_OWNED["label"][0]
@@ -634,18 +634,19 @@ def leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:
         cluster = (volume.get("Labels") or {}).get(LABEL_CLUSTER)
         if cluster is None:
             continue
-        yield Labelled("cluster", volume["Name"], cluster, volume["Labels"],
-                       quietly(partial(_remove_cluster, api, cluster, volume["Name"], volume["Labels"])))
+        remove = partial(_remove_cluster, api, services.endpoint, cluster, volume["Name"], volume["Labels"])
+        yield Labelled("cluster", volume["Name"], cluster, volume["Labels"], quietly(remove, client))
 
 
-def _remove_cluster(api: Any, cluster: str, shadow_volume: str, labels: Mapping[str, str]) -> None:
+def _remove_cluster(api: Any, endpoint: Endpoint, cluster: str, shadow_volume: str,
+                    labels: Mapping[str, str]) -> None:
     """`kind delete cluster`, with the provider and kubeconfig its creator used, so its nodes go from
     whichever engine kind put them on, and its kubeconfig entries with them; without kind (gone from
     PATH), what kind does on the session's engine: remove the nodes. Then the shadow."""
     argv = [labels.get(LABEL_KIND_BIN, "kind"), "delete", "cluster", "--name", cluster]
     if labels.get(LABEL_KUBECONFIG):
         argv += ["--kubeconfig", labels[LABEL_KUBECONFIG]]
-    env = {**kind_environment(), "KIND_EXPERIMENTAL_PROVIDER": labels.get(LABEL_PROVIDER, "docker")}
+    env = {**kind_environment(endpoint), "KIND_EXPERIMENTAL_PROVIDER": labels.get(LABEL_PROVIDER, "docker")}
     try:
         deleted = _run(argv, timeout=300, env=env).ok
     except ClusterError:  # no kind here

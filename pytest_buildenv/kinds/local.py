@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from ..errors import ConfigError
 from ..handle import BuildEnv, copy_host, stat_host
 from ..registry import Check, KindSpec, Services, SessionEnd, TestInfo
-from ..result import FileInfo
+from ..result import FileInfo, output_text
 from ..settings import CommonSettings
 
 
@@ -67,7 +67,7 @@ class LocalEnv(BuildEnv):
             except subprocess.TimeoutExpired:  # something escaped the group and holds the pipes
                 out, err = b"", b""
             timed_out = True
-        return proc.returncode, _text(out), _text(err), timed_out
+        return proc.returncode, output_text(out), output_text(err), timed_out
 
     # The whole host filesystem is reachable, so "outside the workspace" is just the host.
     def _stat_outside(self, path: PurePosixPath) -> Optional[FileInfo]:
@@ -83,10 +83,6 @@ class LocalEnv(BuildEnv):
         if not Path(source).exists():
             raise FileNotFoundError(f"get(): {source} does not exist")
         copy_host(Path(source), dest)
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")
 
 
 class LocalManager:
@@ -109,7 +105,7 @@ class LocalManager:
         pass
 
 
-def check(defaults: Any) -> Check:
+def check(services: Services, defaults: Mapping[str, Any]) -> Check:
     return Check(True, "host workspace; commands run with sh and subprocess")
 
 
