@@ -336,11 +336,13 @@ class KindCluster:
             argv += ["--values", str(values_file)]
         result = _run(argv, timeout=None)
         if not result.ok:
-            # helm's own words lead; when it gave up waiting, what the cluster says of the pods.
+            # helm's own words lead; when the release was made (it rendered, then did not become ready),
+            # what the cluster says of the pods. No release: the chart itself failed (a template error).
             lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
             error = next((line for line in reversed(lines) if line.startswith("Error:")), _last_error(result))
-            pending = self._not_ready("pod", None, namespace or "default") if "wait" in error.lower() or \
-                "deadline" in error.lower() else []
+            scope = ["--namespace", namespace] if namespace else []
+            made = _run([self.helm_bin, "status", release, "--kubeconfig", str(self.kubeconfig), *scope], timeout=60).ok
+            pending = self._not_ready("pod", None, namespace or "default") if made else []
             raise ClusterError(f"helm install {release} ({chart}) failed: {error}"
                                + (f"; not ready: {', '.join(pending)}" if pending else "") + f"\n{tail(result.stderr)}")
         return result
@@ -417,14 +419,15 @@ def _pods_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
 
 
 # What a user does about a container that cannot start, by the kubelet's reason.
+_PULL_REMEDY = ("the nodes could not pull it: kind_cluster.load_image({image!r}) puts a local image in "
+                "every node (with imagePullPolicy IfNotPresent or Never)")
 _REMEDIES = {
     "ErrImageNeverPull": "the image is not in the cluster's nodes: kind_cluster.load_image({image!r}) first",
-    "ErrImagePull": "the nodes could not pull it: kind_cluster.load_image({image!r}) puts a local image in "
-                    "every node (with imagePullPolicy IfNotPresent or Never)",
+    "ErrImagePull": _PULL_REMEDY,
+    "ImagePullBackOff": _PULL_REMEDY,  # the same cause, after the kubelet's back-off
     "CrashLoopBackOff": "the container keeps exiting: fix its command or image",
     "CreateContainerConfigError": "a ConfigMap or Secret it names is missing",
 }
-_REMEDIES["ImagePullBackOff"] = _REMEDIES["ErrImagePull"]
 
 
 def _pod_not_ready(api: Any, pod: Any) -> str:
