@@ -73,11 +73,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     bs = session.config.stash.get(SESSION_KEY, None)
     if bs is None:
         return
+    from pytest_buildenv import BuildEnvError
     from pytest_buildenv.naming import LABEL_CACHE
 
     leaked_containers = [f for f in bs.findings_at_end if f.resource in ("container", "vm")]
     # Provisioned snapshots are caches meant to outlive sessions (the snapshot tests remove theirs).
-    remaining = [f"{r.resource} {r.name}" for r in bs.leftovers() if LABEL_CACHE not in r.labels]
+    try:
+        remaining = [f"{r.resource} {r.name}" for r in bs.leftovers() if LABEL_CACHE not in r.labels]
+    except BuildEnvError as exc:  # the engine went away: the leak check cannot look, which fails the run
+        remaining = [f"(could not be listed: {str(exc).splitlines()[0]})"]
     if leaked_containers or remaining:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         for line in [f"container {f.name} outlived its test" for f in leaked_containers] + \

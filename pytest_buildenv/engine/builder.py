@@ -31,7 +31,7 @@ from ..settings import CommonSettings, SettingError
 from . import lost_during, where
 from .archive import extract_safely
 from .containers import InvokingUser, Mount, remove_container, schedule_removal, start_idle_container
-from .copied import CopiedWorkspace
+from .copied import CopiedWorkspace, EngineChannel
 from .endpoint import describe, run_as
 
 if TYPE_CHECKING:
@@ -239,7 +239,8 @@ class Builder(BuildEnv):
     def _seed_copy(self) -> None:
         """The workspace and the identity files go in through the archive API."""
         uid, gid = self._ids
-        self.copied = CopiedWorkspace(self.client, self.id, self.workspace, WORKDIR, uid, gid)
+        self.copied = CopiedWorkspace(EngineChannel(self.client, self.id, self.user_spec), self.workspace, WORKDIR,
+                                      uid, gid)
         with lost_during(f"copying the workspace into {self.name}", self.client):
             self.copied.seed([(PurePosixPath("/etc", name), (Path("/etc") / name).read_bytes())
                               for name in ("passwd", "group")])

@@ -3,6 +3,7 @@ what they mount, a start under the security defaults, and removal off the critic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -10,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Optional
 from collections.abc import Iterable, Mapping
 
+from filelock import FileLock
+
 from ..errors import BackendUnavailable, BuildEnvError
+from ..sharing import state_root
 from . import daemon_errors, where
 from .endpoint import describe, run_as
 
@@ -106,8 +110,10 @@ def start_idle_container(client: docker.DockerClient, image: str, *, name: str, 
         host_config["UsernsMode"] = policy.userns  # the SDK's HostConfig takes only "host"; the engine takes more
     with daemon_errors(f"starting a {role} from {image}", client):
         try:
-            created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name, user=user,
-                                           labels=labels, host_config=host_config, detach=True, **create)
+            with _one_keep_id_create_at_a_time(policy.userns):
+                created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name,
+                                               user=user, labels=labels, host_config=host_config, detach=True,
+                                               **create)
         except docker.errors.APIError as exc:
             raise _refused(exc, client, role, image, "create") from exc
         try:
@@ -116,6 +122,15 @@ def start_idle_container(client: docker.DockerClient, image: str, *, name: str, 
             api.remove_container(created["Id"], force=True, v=True)
             raise _refused(exc, client, role, image, "start") from exc
     return str(created["Id"])
+
+
+def _one_keep_id_create_at_a_time(userns: Optional[str]) -> contextlib.AbstractContextManager[object]:
+    """Rootless Podman's service crashes (SIGSEGV in libsubid's subid_get_gid_ranges, which is not
+    thread-safe: containers/storage#2030) when it makes two keep-id containers at once: seen here with
+    Podman 4.3 and two xdist workers. This user's processes create them one at a time (~0.1 s each)."""
+    if userns != "keep-id":
+        return contextlib.nullcontext()
+    return FileLock(str(state_root() / "keep-id-create.lock"))
 
 
 def refuses_host_paths(words: str) -> bool:

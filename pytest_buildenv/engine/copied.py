@@ -7,6 +7,8 @@ sync comes in on the exec's stdin as a tar stream; the builder lists /work befor
 command, and after the command's own stderr writes, behind a token line, the entries that changed,
 those that went, and a tar of the changed files and links. One exec per command, as with a bind mount:
 the engine's archive API costs ~40 ms a call on Docker, and only the first copy uses it.
+How the copy reaches its builder is a `Channel`: the engine's API here (`EngineChannel`); any
+exec stream that can unpack a tar and run a command will do (a pod's, say).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from ..errors import BuildEnvError
 from .archive import extract_safely
@@ -64,19 +66,42 @@ exit $rc
 Signature = tuple[int, int, int]  # host mode (type bits too), size, mtime in nanoseconds
 
 
+class Channel(Protocol):
+    """The two things a copied workspace asks of its builder's side, besides each command's own exec."""
+
+    def unpack(self, archive: bytes) -> None:
+        """Unpack a tar archive at / in the builder (the first copy)."""
+
+    def run(self, argv: list[str], environment: dict[str, str]) -> bytes:
+        """Run argv as the builder's user (a report for a command killed before it made one); its stderr."""
+
+
+class EngineChannel:
+    """A container's side, through the engine's archive and exec API."""
+
+    def __init__(self, client: docker.DockerClient, container: str, user: str) -> None:
+        self.api, self.container, self.user = client.api, container, user
+
+    def unpack(self, archive: bytes) -> None:
+        if not self.api.put_archive(self.container, "/", archive):
+            raise BuildEnvError(f"the engine refused to copy the workspace into {self.container[:12]}")
+
+    def run(self, argv: list[str], environment: dict[str, str]) -> bytes:
+        exec_id = self.api.exec_create(self.container, argv, user=self.user, environment=environment)["Id"]
+        said: Optional[bytes] = self.api.exec_start(exec_id, demux=True)[1]
+        return said or b""
+
+
 class CopiedWorkspace:
     """`root` in the builder kept in step with `workspace` on the host. `uid`/`gid` own what goes in."""
 
-    def __init__(self, client: docker.DockerClient, container: str, workspace: Path, root: PurePosixPath,
-                 uid: int, gid: int) -> None:
+    def __init__(self, channel: Channel, workspace: Path, root: PurePosixPath, uid: int, gid: int) -> None:
         if str(root) != "/work":
             raise BuildEnvError(f"a copied workspace lives at /work in the builder, not {root}")
-        self.api = client.api
-        self.container = container
+        self.channel = channel
         self.workspace = workspace
         self.root = root
         self.uid, self.gid = uid, gid
-        self.user = f"{uid}:{gid}"
         self.on_host: dict[str, Signature] = {}  # the host tree as of the last sync
 
     # --- in ------------------------------------------------------------------
@@ -93,8 +118,7 @@ class CopiedWorkspace:
                 archive.addfile(info, io.BytesIO(data))
             self.on_host = self._scan()
             self._add(archive, self.on_host, exact=True)
-        if not self.api.put_archive(self.container, "/", buffer.getvalue()):
-            raise BuildEnvError(f"the engine refused to copy the workspace into {self.container[:12]}")
+        self.channel.unpack(buffer.getvalue())
 
     def command(self, argv: list[str]) -> tuple[list[str], str, Optional[bytes]]:
         """argv wrapped in the sync script; the token its report starts with; what goes in on its stdin
@@ -137,10 +161,8 @@ class CopiedWorkspace:
         own, found, report = stderr.partition(f"\n{token}\n".encode())
         if not found:  # killed before it reported: the report alone
             own = report
-            run = self.api.exec_create(self.container, ["sh", str(SYNC / "sync"), "report"], user=self.user,
-                                       environment={"BUILDENV_SYNC": token})["Id"]
-            said: Optional[bytes] = self.api.exec_start(run, demux=True)[1]
-            report = (said or b"").partition(f"\n{token}\n".encode())[2]
+            said = self.channel.run(["sh", str(SYNC / "sync"), "report"], {"BUILDENV_SYNC": token})
+            report = said.partition(f"\n{token}\n".encode())[2]
         changed, _, rest = report.partition(f"{token}-gone\n".encode())
         gone, _, archive = rest.partition(f"{token}-tar\n".encode())
         touched = self._remove(gone.decode("utf-8", "replace").splitlines())
