@@ -80,6 +80,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if REGISTRY_KEY not in config.stash:  # loaded by a conftest's pytest_plugins, after the options were parsed:
+        config.stash[REGISTRY_KEY] = Registry.build(config.hook)  # the kinds' options are then absent (their defaults apply)
     registry = config.stash[REGISTRY_KEY]
     for kind in registry:
         config.addinivalue_line("markers", f"{kind}(**settings): needs the {kind} environment kind; keywords configure it")
@@ -114,7 +116,8 @@ def _make_session(config: pytest.Config, registry: Registry) -> BuildEnvSession:
     keep, artifacts = config.option.buildenv_keep or "", config.option.buildenv_artifacts
     owner = Owner(session_id, keep=bool(keep))
     services = Services(owner, Owner(session_id, pid=session_pid, keep=bool(keep)), progress=_progress_writer(config),
-                        ini={ini.name: config.getini(ini.name) for ini in registry.all_ini()}, endpoint=_endpoint(config))
+                        ini={ini.name: _ini(config, ini.name, ini.default) for ini in registry.all_ini()},
+                        endpoint=_endpoint(config))
     defaults = _default_layers(config, registry)
     text, source = _selection_text(config)
     selection = parse_selection(text, source, registry.names,
@@ -124,11 +127,19 @@ def _make_session(config: pytest.Config, registry: Registry) -> BuildEnvSession:
                            artifacts_dir=Path(artifacts).resolve() if artifacts else None)
 
 
+def _ini(config: pytest.Config, name: str, default: Any = None) -> Any:
+    """An ini value; `default` when it was never registered (the plugin loaded after the options were parsed)."""
+    try:
+        return config.getini(name)
+    except ValueError:
+        return default
+
+
 def _default_layers(config: pytest.Config, registry: Registry) -> dict[str, SettingsLayer]:
     """Each kind's defaults from its command-line options and ini values: the weakest settings layer."""
     layers = {}
     for kind in registry:
-        values = {d.key: config.getoption(d.option, None) if d.option else config.getini(d.ini)
+        values = {d.key: config.getoption(d.option, None) if d.option else _ini(config, d.ini)
                   for d in registry.defaults(kind)}
         layers[kind] = SettingsLayer({k: v for k, v in values.items() if v not in (None, "")}, config.rootpath,
                                      "ini and options")

@@ -16,6 +16,9 @@ from pytest_buildenv import BuildCommandError, CommandTimeout
 
 BUSYBOX = "buildenv-test/busybox:1"
 CGROUP = "/sys/fs/cgroup"
+# Tests that start sessions of their own (which reap dead owners as they start): one at a time with the
+# other files' (see one_session_at_a_time in conftest.py).
+own_sessions = pytest.mark.usefixtures("one_session_at_a_time")
 
 
 def cgroup(env, path: str) -> str:
@@ -80,6 +83,7 @@ def test_docker_options_pass_through(builder_container):
     ('{"mem_limit": "1g"}', "docker_options key 'mem_limit' is the plugin's; use memory"),
     ('{"bogus": 1}', "docker_options key 'bogus' is not a container option; it takes "),
 ])
+@own_sessions
 def test_owned_or_unknown_docker_options_are_refused_in_one_line(pytester, options, message):
     pytester.makeini(f"[pytest]\nbuildenv_image = {BUSYBOX}\n")
     pytester.makepyfile(f"""
@@ -94,6 +98,7 @@ def test_owned_or_unknown_docker_options_are_refused_in_one_line(pytester, optio
     assert message in result.stdout.str() and "Traceback" not in result.stdout.str()
 
 
+@own_sessions
 def test_privileged_only_by_name_and_said_in_the_summary(pytester):
     pytester.makeini(f"[pytest]\nbuildenv_image = {BUSYBOX}\n")
     pytester.makepyfile("""
@@ -140,7 +145,7 @@ def test_3_local(buildenv):
 """
 
 
-@pytest.mark.usefixtures("one_session_at_a_time")
+@own_sessions
 def test_a_cache_is_shared_by_tests_and_sessions_and_removed_only_by_reap_include_cache(pytester, monkeypatch):
     name = f"cc{uuid.uuid4().hex[:8]}"
     pytester.makeini(f"[pytest]\nbuildenv_image = {BUSYBOX}\n")

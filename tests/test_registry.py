@@ -242,3 +242,12 @@ def test_a_wrong_ini_value_names_the_ini(pytester):
     result = pytester.runpytest_subprocess()  # checked as settings load: the session never starts
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: ini and options: timeout='soon' is not valid; timeout takes a number"])
+
+
+def test_the_plugin_loaded_by_a_conftest_still_has_its_registry(pytester, monkeypatch):
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # no entry points: the conftest names the plugin
+    pytester.makeconftest('pytest_plugins = ["pytest_buildenv.plugin"]\n')
+    pytester.makepyfile("def test_x(buildenv):\n    assert buildenv.run('echo hi').stdout == 'hi\\n'\n")
+    result = pytester.runpytest_subprocess("--buildenv=local", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
