@@ -101,7 +101,7 @@ class Builders:
                 time.sleep(0.5)
                 continue
             if outage is not None:
-                self.engine.progress(f"the container engine at {self.engine.where} is back after "
+                self.engine.progress(f"the container engine at {self.engine.endpoint.url} is back after "
                                      f"{time.monotonic() - outage:.1f} s")
             return env
 

@@ -84,10 +84,6 @@ class Engine:
             return self._client
 
     @property
-    def where(self) -> str:
-        return self.endpoint.url
-
-    @property
     def images(self) -> ImageBuilder:
         with self._lock:
             if self._images is None:

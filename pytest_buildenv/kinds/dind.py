@@ -54,13 +54,11 @@ class DindEnv(Builder):
             socket = docker_socket(endpoint_of(self.client))
             self._siblings = []
             self.host_path_src = self._to_host(self.workspace)
-            sibling_paths = {"HOST_PATH_SRC": self.host_path_src, "HOST_PATH_DST": str(self.workdir)}
-            for name, value in sibling_paths.items():
-                self.environment.setdefault(name, value)
+            self.environment.setdefault("HOST_PATH_SRC", self.host_path_src)
+            self.environment.setdefault("HOST_PATH_DST", str(self.workdir))
             self.spec = dataclasses.replace(
                 self.spec, mounts=(*self.spec.mounts, Mount(self._to_host(socket), DEFAULT_SOCKET)),
-                group_add=(*self.spec.group_add, socket.stat().st_gid),
-                environment={**sibling_paths, **self.spec.environment})
+                group_add=(*self.spec.group_add, socket.stat().st_gid))
         super().start()
         return self
 

@@ -65,12 +65,15 @@ class KindSettings(CommonSettings):
 
     def __post_init__(self) -> None:
         """The cluster's name and config, checked as settings load (a config file is read once per process)."""
-        for key, check in (("cluster", lambda: self.cluster and validate_name(self.cluster)),
-                           ("config", lambda: validate_config(self.config))):
-            try:
-                check()
-            except ConfigError as exc:
-                raise SettingError(key, str(exc)) from None
+        try:
+            if self.cluster:
+                validate_name(self.cluster)
+        except ConfigError as exc:
+            raise SettingError("cluster", str(exc)) from None
+        try:
+            validate_config(self.config)
+        except ConfigError as exc:
+            raise SettingError("config", str(exc)) from None
 
     @property
     def cluster_key(self) -> str:
