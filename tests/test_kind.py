@@ -110,6 +110,8 @@ def test_a_real_cluster_of_two_ready_nodes(kind_cluster):
     # Discovery, which the fake API server never had, is what every kubectl verb starts with.
     resources = kind_cluster.kubectl("api-resources", "-o", "name").stdout.split()
     assert {"deployments.apps", "pods", "customresourcedefinitions.apiextensions.k8s.io"} <= set(resources)
+    # The worker's daemon-set pods may still be starting when the cluster first answers: wait for them all.
+    kind_cluster.wait_ready("pod", namespace="kube-system", timeout=120)
     system = json.loads(kind_cluster.kubectl("get", "pods", "-n", "kube-system", "-o", "json").stdout)["items"]
     running = {p["metadata"]["name"] for p in system if p["status"]["phase"] == "Running"}
     for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):  # static pods
