@@ -35,13 +35,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for command in (reap, doctor):
         command.add_argument("--engine", metavar="URL", help="the container engine (default: DOCKER_HOST, the "
                              "Docker CLI's current context, the default socket)")
+        command.add_argument("--kube-context", help="the pod kind's kubeconfig context (the kubeconfig: KUBECONFIG, "
+                             "then ~/.kube/config)")
     args = parser.parse_args(argv)
     try:
         registry = discover()  # as pytest finds them: the built-ins and every installed plugin's kinds
-        services = Services(Owner(new_session_id()), endpoint=resolve(args.engine, "--engine"))
+        services = Services(Owner(new_session_id()), endpoint=resolve(args.engine, "--engine"),
+                            defaults={"pod": {"kube_context": args.kube_context}})
         if args.command == "reap":
             return _reap(args, registry, services)
-        return run_doctor(args.buildenv, defaults={"kind_bin": args.kind_bin}, registry=registry, services=services)
+        return run_doctor(args.buildenv, defaults={"kind_bin": args.kind_bin, "kube_context": args.kube_context},
+                          registry=registry, services=services)
     except BuildEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

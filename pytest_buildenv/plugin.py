@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .kinds.container import ContainerEnv
     from .kinds.dind import DindEnv
     from .kinds.kind import KindCluster, KindEnv
+    from .kinds.pod import PodEnv
     from .kinds.vm import GoldenVM, VMClone
 
 REGISTRY_KEY = pytest.StashKey[Registry]()
@@ -115,10 +116,10 @@ def _make_session(config: pytest.Config, registry: Registry) -> BuildEnvSession:
         session_id, session_pid = new_session_id(), os.getpid()
     keep, artifacts = config.option.buildenv_keep or "", config.option.buildenv_artifacts
     owner = Owner(session_id, keep=bool(keep))
+    defaults = _default_layers(config, registry)
     services = Services(owner, Owner(session_id, pid=session_pid, keep=bool(keep)), progress=_progress_writer(config),
                         ini={ini.name: _ini(config, ini.name, ini.default) for ini in registry.all_ini()},
-                        endpoint=_endpoint(config))
-    defaults = _default_layers(config, registry)
+                        endpoint=_endpoint(config), defaults={kind: layer.values for kind, layer in defaults.items()})
     text, source = _selection_text(config)
     selection = parse_selection(text, source, registry.names,
                                 lambda kind: registry.available(kind, services, defaults[kind].values))
@@ -348,6 +349,14 @@ def kind_cluster(request: pytest.FixtureRequest, buildenv_variant: Optional[dict
     """The run's throwaway KIND cluster (one per distinct settings, shared by all xdist workers)."""
     for env in open_environment(request, "kind", buildenv_variant):
         yield cast("KindEnv", env).cluster
+
+
+@pytest.fixture
+def pod_builder(request: pytest.FixtureRequest, buildenv_variant: Optional[dict[str, Any]]) -> Iterator[PodEnv]:
+    """A fresh builder pod on the cluster (KUBECONFIG or ini buildenv_kubeconfig), running as you;
+    the workspace copied in and out."""
+    for env in open_environment(request, "pod", buildenv_variant):
+        yield cast("PodEnv", env)
 
 
 @pytest.fixture

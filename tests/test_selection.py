@@ -82,7 +82,7 @@ def test_unknown_kind_is_one_line_usage_error(project):
     result = project.runpytest("--buildenv=local,kube")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if line.strip()]
-    assert errors == ["ERROR: unknown kind 'kube' in --buildenv; choose from local, container, dind, kind, vm or auto"]
+    assert errors == ["ERROR: unknown kind 'kube' in --buildenv; choose from local, container, dind, kind, pod, vm or auto"]
 
 
 def test_explicit_kind_without_daemon_is_an_error_not_a_skip(project, monkeypatch):

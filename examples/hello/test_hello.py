@@ -2,6 +2,7 @@
 
     pytest examples/hello                                 # on the host (local)
     pytest examples/hello --buildenv=local,container      # and in a builder container
+    pytest examples/hello --buildenv=pod                  # in a builder pod (KUBECONFIG's cluster)
 """
 
 import os
@@ -14,6 +15,7 @@ HERE = Path(__file__).parent
 
 @pytest.mark.local
 @pytest.mark.container(image="buildenv-test/gcc:1")
+@pytest.mark.pod(image="buildenv-test/gcc:1")
 def test_hello_world_builds_and_runs(buildenv):
     buildenv.put(HERE / "helloworld.c", "helloworld.c")
     buildenv.put(HERE / "Makefile", "Makefile")

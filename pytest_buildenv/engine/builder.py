@@ -45,7 +45,7 @@ CACHE_VOLUME = "buildenv-cache-"
 # Finds every process of one exec by the marker in its environment (children
 # inherit it, even ones that started a session of their own) and kills it.
 # Needs only sh, tr and grep, which every builder image has.
-_KILL_MARKED = (
+KILL_MARKED = (
     'for d in /proc/[0-9]*; do '
     'if tr "\\0" "\\n" < "$d/environ" 2>/dev/null | grep -qx "BUILDENV_EXEC=$1"; '
     'then kill -KILL "${d#/proc/}" 2>/dev/null; fi; done'
@@ -406,7 +406,7 @@ class Builder(BuildEnv):
 
         api = self.client.api
         try:
-            killer = api.exec_create(self.id, ["sh", "-c", _KILL_MARKED, "sh", marker], user=user or "")["Id"]
+            killer = api.exec_create(self.id, ["sh", "-c", KILL_MARKED, "sh", marker], user=user or "")["Id"]
             api.exec_start(killer)
         except docker.errors.APIError:
             pass  # no process can start (its pids limit is reached): the caller kills the builder

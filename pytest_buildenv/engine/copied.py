@@ -8,7 +8,7 @@ command, and after the command's own stderr writes, behind a token line, the ent
 those that went, and a tar of the changed files and links. One exec per command, as with a bind mount:
 the engine's archive API costs ~40 ms a call on Docker, and only the first copy uses it.
 How the copy reaches its builder is a `Channel`: the engine's API here (`EngineChannel`); any
-exec stream that can unpack a tar and run a command will do (a pod's, say).
+exec stream that can unpack a tar and run a command will do (a pod's: kinds/pod.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,17 @@ SYNC = PurePosixPath("/.buildenv-sync")  # in the builder: the script, the host'
 # reports; `report` alone reports (for a command killed before it could).
 SYNC_SCRIPT = r"""# pytest-buildenv: the copied workspace's side in the builder (engine/copied.py)
 S=/.buildenv-sync R=/work T=$BUILDENV_SYNC
+# BUILDENV_TOOLS: where this script's own tools are (a pod's helper busybox); the command keeps the image's PATH.
+USER_PATH=$PATH PATH=${BUILDENV_TOOLS:+$BUILDENV_TOOLS:}$PATH
 list() { find "$R" -exec stat -c '%F|%a|%s|%y|%n' {} + 2>/dev/null; }
+# The command, found on the image's PATH as execvp would find it: a busybox sh (a pod's helper) would run
+# its own applets for names it knows (tar, sh, ls), not the image's programs.
+command_path() {
+    case $1 in */*) echo "$1"; return 0 ;; esac
+    IFS=:; for d in $USER_PATH; do
+        if [ -f "${d:-.}/$1" ] && [ -x "${d:-.}/$1" ]; then unset IFS; echo "${d:-.}/$1"; return 0; fi
+    done; unset IFS; return 1
+}
 report() {
     list > "$S/after.$T"
     printf '\n%s\n' "$T"
@@ -58,7 +68,8 @@ if [ -n "$BUILDENV_SYNC_IN" ]; then
     while IFS= read -r p; do rm -rf "$R/$p"; done < "$S/delete"
 fi
 list > "$S/before.$T"
-"$@" </dev/null
+(PATH=$USER_PATH; if p=$(command_path "$1"); then shift; exec "$p" "$@"; fi; echo "sh: $1: not found" >&2; exit 127) \
+    </dev/null
 rc=$?
 report >&2
 exit $rc
@@ -95,13 +106,15 @@ class EngineChannel:
 class CopiedWorkspace:
     """`root` in the builder kept in step with `workspace` on the host. `uid`/`gid` own what goes in."""
 
-    def __init__(self, channel: Channel, workspace: Path, root: PurePosixPath, uid: int, gid: int) -> None:
+    def __init__(self, channel: Channel, workspace: Path, root: PurePosixPath, uid: int, gid: int,
+                 shell: str = "sh") -> None:
         if str(root) != "/work":
             raise BuildEnvError(f"a copied workspace lives at /work in the builder, not {root}")
         self.channel = channel
         self.workspace = workspace
         self.root = root
         self.uid, self.gid = uid, gid
+        self.shell = shell  # what runs the sync script: the image's sh, or a pod's helper busybox
         self.on_host: dict[str, Signature] = {}  # the host tree as of the last sync
 
     # --- in ------------------------------------------------------------------
@@ -138,7 +151,7 @@ class CopiedWorkspace:
                 archive.addfile(info, io.BytesIO(data))
             stdin = buffer.getvalue()
         token = f"buildenv-sync-{secrets.token_hex(8)}"
-        return ["sh", str(SYNC / "sync"), "run", *argv], token, stdin
+        return [self.shell, str(SYNC / "sync"), "run", *argv], token, stdin
 
     def _add(self, archive: tarfile.TarFile, entries: dict[str, Signature], exact: bool = False) -> None:
         """Entries, owned by the builder's user. Times go to the next whole second unless `exact` (the
@@ -161,7 +174,7 @@ class CopiedWorkspace:
         own, found, report = stderr.partition(f"\n{token}\n".encode())
         if not found:  # killed before it reported: the report alone
             own = report
-            said = self.channel.run(["sh", str(SYNC / "sync"), "report"], {"BUILDENV_SYNC": token})
+            said = self.channel.run([self.shell, str(SYNC / "sync"), "report"], {"BUILDENV_SYNC": token})
             report = said.partition(f"\n{token}\n".encode())[2]
         changed, _, rest = report.partition(f"{token}-gone\n".encode())
         gone, _, archive = rest.partition(f"{token}-tar\n".encode())

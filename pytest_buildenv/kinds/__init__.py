@@ -15,7 +15,7 @@ from .. import hooks
 from ..hooks import hookimpl
 from ..registry import Default, Entry, Ini, Registry
 
-IMAGE = Default("image", ini="buildenv_image", help="default image for container and dind")
+IMAGE = Default("image", ini="buildenv_image", help="default image for container, dind and pod")
 PIDS = Default("pids", ini="buildenv_pids", help="process limit of a builder (default 4096; 0: none)")
 BUILDER_INI = (
     Ini("buildenv_engine_wait", "seconds to wait for an unreachable engine before failing a test", default="60"),
@@ -33,6 +33,15 @@ BUILTIN: dict[str, Entry] = {
         Default("image", option="--kind-image", help="KIND node image (kind create cluster --image)"),
         Default("cluster", option="--kind-cluster",
                 help="reuse this existing KIND cluster instead of creating one; it is never deleted"),
+    )),
+    "pod": Entry("pytest_buildenv.kinds.pod", ("pod_builder",), (
+        IMAGE,
+        Default("kubeconfig", ini="buildenv_kubeconfig", help="the pod kind's kubeconfig (default: KUBECONFIG, then "
+                                                              "~/.kube/config)"),
+        Default("kube_context", option="--buildenv-kube-context", help="the kubeconfig's context for the pod kind "
+                                                                       "(default: its current context)"),
+        Default("helper_image", ini="buildenv_pod_helper_image", help="the image whose static busybox every builder "
+                                                                      "pod gets (default busybox:1.36)"),
     )),
     "vm": Entry("pytest_buildenv.kinds.vm", ("golden_vm", "vm_clone"), (
         Default("vagrantfile", option="--vagrantfile", help="the golden VM's Vagrantfile (vm kind)"),

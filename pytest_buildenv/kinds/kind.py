@@ -44,6 +44,7 @@ from ..engine.resources import quietly
 from ..errors import Check, ClusterError, ConfigError, tail
 from ..events import emit
 from ..handle import BuildEnv
+from ..kube import REMEDIES, pod_not_ready
 from ..naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_SESSION, PREFIX, Labelled, Owner
 from ..registry import KindSpec, SessionEnd, TestInfo
 from ..result import Result
@@ -421,69 +422,19 @@ def _pods_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
     return [reason for p in items if (reason := _pod_not_ready(api, p))]
 
 
-# What a user does about a container that cannot start, by the kubelet's reason.
+# What a user of a KIND cluster does about a container that cannot start, by the kubelet's reason.
 _PULL_REMEDY = ("the nodes could not pull it: kind_cluster.load_image({image!r}) puts a local image in "
                 "every node (with imagePullPolicy IfNotPresent or Never)")
 _REMEDIES = {
+    **REMEDIES,
     "ErrImageNeverPull": "the image is not in the cluster's nodes: kind_cluster.load_image({image!r}) first",
     "ErrImagePull": _PULL_REMEDY,
     "ImagePullBackOff": _PULL_REMEDY,  # the same cause, after the kubelet's back-off
-    "CrashLoopBackOff": "the container keeps exiting: fix its command or image",
-    "CreateContainerConfigError": "a ConfigMap or Secret it names is missing",
 }
 
 
 def _pod_not_ready(api: Any, pod: Any) -> str:
-    """'' for a ready pod; else the pod and why, as the cluster says it: the scheduler's message
-    for a Pending pod, the kubelet's reason for a container that does not start (with a crashing
-    container's exit code and last words), the unready containers of a running pod."""
-    name, status = f"pod/{pod.metadata.name}", pod.status
-    if status.phase == "Succeeded":
-        return ""
-    unscheduled = [c for c in status.conditions or [] if c.type == "PodScheduled" and c.status == "False"]
-    if unscheduled:
-        return f"{name} Pending: {unscheduled[0].message or unscheduled[0].reason}"
-    containers = status.container_statuses or []
-    for c in containers:
-        waiting = c.state.waiting if c.state else None
-        if waiting and waiting.reason not in (None, "ContainerCreating", "PodInitializing"):
-            why = f"{name} {waiting.reason}"
-            if waiting.reason == "CrashLoopBackOff":
-                why += _last_words(api, pod, c)
-            elif waiting.message:
-                why += f": {waiting.message.strip().splitlines()[0][:300]}"
-            remedy = _REMEDIES.get(waiting.reason)
-            return f"{why}; {remedy.format(image=c.image)}" if remedy else why
-    unready = [c for c in containers if not c.ready]
-    if status.phase == "Running" and not unready:
-        return ""
-    for c in unready:  # between two crashes a container is Running again, and not yet ready
-        if c.restart_count and c.last_state and c.last_state.terminated:
-            return f"{name} restarting ({c.restart_count} restarts){_last_words(api, pod, c)}; {_REMEDIES['CrashLoopBackOff']}"
-    return f"{name} {status.phase}" + (f", not ready: {', '.join(c.name for c in unready)}" if unready else "")
-
-
-def _last_words(api: Any, pod: Any, container: Any) -> str:
-    """', exit 3: <the last lines it printed>' for a container that crashed."""
-    from kubernetes import client as k8s
-
-    terminated = container.last_state.terminated if container.last_state else None
-    said = f", exit {terminated.exit_code}" if terminated else ""
-    log = ""
-    # The crashed instance's log, else the current one's (a crash loop prints the same): the kubelet
-    # keeps one dead instance, and answers "unable to retrieve container logs" once it is removed.
-    for previous in (True, False):
-        try:
-            log = str(k8s.CoreV1Api(api).read_namespaced_pod_log(
-                pod.metadata.name, pod.metadata.namespace, container=container.name, previous=previous,
-                tail_lines=3) or "")
-        except Exception:  # gone with the container: the exit code still says something
-            log = ""
-        if log and not log.startswith("unable to retrieve container logs"):
-            break
-        log = ""
-    words = " | ".join(line.strip() for line in log.splitlines() if line.strip())
-    return f"{said}: {words[-300:]}" if words else said
+    return pod_not_ready(api, pod, _REMEDIES)
 
 
 def _nodes_not_ready(api: Any, name: Optional[str], namespace: str) -> list[str]:
