@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import BackendUnavailable, BuildEnvError, ConfigError
+from .errors import BackendUnavailable, BuildEnvError
 
 # What a user does about a container that cannot start, by the kubelet's reason ({image} is its image).
 REMEDIES = {
@@ -29,8 +29,8 @@ REMEDIES = {
 def kubernetes_client() -> Any:
     try:
         from kubernetes import client
-    except ImportError:
-        raise ConfigError("the kubernetes client is missing; pip install 'pytest-buildenv[pod]'") from None
+    except ImportError:  # a tool missing, as for any kind: doctor says so, an explicit selection fails
+        raise BackendUnavailable("the kubernetes client is missing", "pip install 'pytest-buildenv[pod]'") from None
     return client
 
 

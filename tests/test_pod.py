@@ -93,6 +93,17 @@ def test_a_cluster_that_is_not_there_is_one_line_at_session_start(pytester, tmp_
         assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_doctor_without_the_kubernetes_client_says_which_extra(tmp_path):
+    code = ("import sys; sys.modules['kubernetes'] = None; from pytest_buildenv.__main__ import main; "
+            "sys.exit(main(['doctor', '--buildenv=pod']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "KUBECONFIG": str(tmp_path / "absent")})
+    lines = result.stdout.splitlines()
+    pod = next(i for i, line in enumerate(lines) if line.startswith("pod "))
+    assert result.returncode == 1 and lines[pod].endswith("unavailable: the kubernetes client is missing")
+    assert lines[pod + 1].strip() == "fix: pip install 'pytest-buildenv[pod]'" and "Traceback" not in result.stderr
+
+
 def _pytest_in(pytester, *args, **env):
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=pytester.path,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=300)

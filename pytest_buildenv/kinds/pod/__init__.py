@@ -36,7 +36,7 @@ from ...registry import KindSpec, SessionEnd, TestInfo
 from ...services import Services
 from . import caches
 from .builder import PodEnv
-from .spec import REFUSED, PodSettings
+from .spec import REFUSED, PodSettings, identity_map
 
 __all__ = ["KIND", "REFUSED", "PodEnv", "PodSettings", "Pods", "delete_namespace", "namespace_of"]
 IDENTITY = "buildenv-identity"  # the ConfigMap of this machine's passwd and group, in the session's namespace
@@ -117,8 +117,7 @@ class Pods:
                                                     "context": cluster.context, "namespace": namespace})
         meta = {"name": namespace, "labels": {LABEL_SESSION: owner.session, LABEL_KIND: "pod"},
                 "annotations": owner.labels("pod")}
-        identity = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": IDENTITY},
-                    "data": {name: Path(f"/etc/{name}").read_text() for name in ("passwd", "group")}}
+        identity = identity_map(IDENTITY, owner)
         for create, args in ((core.create_namespace, ({"apiVersion": "v1", "kind": "Namespace", "metadata": meta},)),
                              (core.create_namespaced_config_map, (namespace, identity))):
             try:

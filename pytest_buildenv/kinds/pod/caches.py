@@ -11,29 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any, Optional
 
 from ...kube import failure, kubernetes_client
-from ...naming import LABEL_CACHE, LABEL_KIND, LABEL_SESSION, Labelled, Owner, slug
+from ...naming import LABEL_CACHE, LABEL_KIND, LABEL_SESSION, Labelled, Owner
+from .spec import claim_name, identity_map
 
 CACHE_NAMESPACE = "buildenv-caches"
-
-
-def claim_name(name: str) -> str:
-    return f"buildenv-cache-{slug(name, 40)}"
 
 
 def identity_for(session: str) -> str:
     """A session's passwd-and-group ConfigMap in the cache namespace (sessions of other machines share it)."""
     return f"buildenv-identity-{session}"
-
-
-def identity_map(name: str, owner: Owner) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "labels": {LABEL_SESSION: owner.session, LABEL_KIND: "pod"},
-                         "annotations": owner.labels("pod")},
-            "data": {file: Path(f"/etc/{file}").read_text() for file in ("passwd", "group")}}
 
 
 def prepare(api: Any, caches: Mapping[str, str], size: str, storage_class: Optional[str], owner: Owner) -> None:

@@ -10,10 +10,9 @@ from typing import Any, Literal, Optional
 from ...engine.containers import InvokingUser
 from ...engine.copied import SYNC
 from ...kube import Cluster
-from ...naming import LABEL_KIND, LABEL_SESSION, LABEL_TEST, Owner
+from ...naming import LABEL_KIND, LABEL_SESSION, LABEL_TEST, Owner, slug
 from ...settings import CommonSettings, SettingError
 from .agent import CONTAINER, TOOLS, tools_setup
-from .caches import claim_name
 
 WORKDIR = PurePosixPath("/work")
 
@@ -97,6 +96,11 @@ def quantity(memory: str) -> Optional[str]:
     return f"{number}{suffix}" if suffix is not None and number.isdigit() else None
 
 
+def claim_name(cache: str) -> str:
+    """The PersistentVolumeClaim of a cache (caches.py)."""
+    return f"buildenv-cache-{slug(cache, 40)}"
+
+
 def manifest(name: str, settings: PodSettings, owner: Owner, test: str, identity: str,
              user: Optional[InvokingUser] = None) -> dict[str, Any]:
     """The builder pod: an init container bringing the helper's tools, then the builder, idle, as the user."""
@@ -140,6 +144,14 @@ def manifest(name: str, settings: PodSettings, owner: Owner, test: str, identity
             "volumes": volumes,
         },
     }
+
+
+def identity_map(name: str, owner: Owner) -> dict[str, Any]:
+    """This machine's passwd and group as a ConfigMap: mounted in the pod, they give the user a name."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": {LABEL_SESSION: owner.session, LABEL_KIND: "pod"},
+                         "annotations": owner.labels("pod")},
+            "data": {file: Path(f"/etc/{file}").read_text() for file in ("passwd", "group")}}
 
 
 def _resources(settings: PodSettings) -> dict[str, dict[str, str]]:
