@@ -99,11 +99,11 @@ def pod_not_ready(api: Any, pod: Any, remedies: Mapping[str, str] = REMEDIES) ->
         terminated = c.state.terminated if c.state else None
         if terminated and terminated.exit_code:
             return f"{name} init container {c.name} exited {terminated.exit_code}{_last_words(api, pod, c, False)}"
-    containers = [*(status.init_container_statuses or []), *(status.container_statuses or [])]
-    for c in containers:
+    inits = {c.name for c in status.init_container_statuses or []}
+    for c in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
         waiting = c.state.waiting if c.state else None
         if waiting and waiting.reason not in (None, "ContainerCreating", "PodInitializing"):
-            why = f"{name} {waiting.reason}"
+            why = f"{name} {f'init container {c.name} ' if c.name in inits else ''}{waiting.reason}"
             if waiting.reason == "CrashLoopBackOff":
                 why += _last_words(api, pod, c)
             elif waiting.message:

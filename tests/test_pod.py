@@ -181,6 +181,14 @@ def test_an_image_without_tar_find_or_sha256sum_still_copies_the_workspace(pod_b
 
 
 @ON_CLUSTER
+def test_reproduce_builds_again_in_two_fresh_pods(pod_builder):
+    pod_builder.run("echo source > in.txt", check=True)
+    report = pod_builder.reproduce("cat /proc/sys/kernel/random/uuid > stamp.txt && cp in.txt copy.txt",
+                                   artifacts=["stamp.txt", "copy.txt"])
+    assert report.differences == ["stamp.txt"], report
+
+
+@ON_CLUSTER
 def test_user_is_refused_in_one_line(pod_builder):
     with pytest.raises(ConfigError, match=r"run\(user='root'\) cannot apply to a pod"):
         pod_builder.run("id", user="root")
@@ -286,21 +294,25 @@ class CuttingProxy:
 
 
 @ON_CLUSTER
-def test_an_image_the_nodes_do_not_have_is_one_line_and_leaves_no_pod(open_pods, session):
+@pytest.mark.parametrize("setting, named", [("image", "ErrImageNeverPull"),
+                                            ("helper_image", "init container helper-image ErrImageNeverPull")])
+def test_an_image_the_nodes_do_not_have_is_one_line_and_leaves_no_pod(open_pods, session, setting, named):
     with pytest.raises(BuildEnvError) as raised:
-        open_pods(1, image="buildenv-test/never-loaded:1")
+        open_pods(1, **{setting: "buildenv-test/never-loaded:1"})
     line = str(raised.value)
-    assert "\n" not in line and "ErrImageNeverPull" in line and "kind load docker-image buildenv-test/never-loaded:1" in line
-    namespace = namespace_of(session.owner.session)
-    from pytest_buildenv.kube import Cluster
-
-    api = Cluster.chosen(None, None).api()
+    assert "\n" not in line and named in line and "kind load docker-image buildenv-test/never-loaded:1" in line
+    pod = line.split("pod ", 1)[1].split()[0]  # "pod NAME cannot start: ..."
     from kubernetes import client
 
-    left = [p.metadata.name for p in client.CoreV1Api(api).list_namespaced_pod(namespace).items
-            if p.status.container_statuses and p.status.container_statuses[0].image.endswith("never-loaded:1")
-            and p.metadata.deletion_timestamp is None]
-    assert left == []
+    from pytest_buildenv.kube import Cluster
+
+    try:
+        left = client.CoreV1Api(Cluster.chosen(None, None).api()).read_namespaced_pod(
+            pod, namespace_of(session.owner.session))
+    except client.ApiException as exc:
+        assert exc.status == 404
+    else:
+        assert left.metadata.deletion_timestamp is not None  # deleted, and on its way
 
 
 @ON_CLUSTER
