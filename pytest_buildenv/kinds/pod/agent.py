@@ -144,6 +144,7 @@ class Agent:
             err: list[bytes] = []
             try:
                 ws = self._stream(argv, stdin=data is not None)
+                lost_since = None  # the server answers again: a later drop gets its own wait
                 if data is not None:
                     for start in range(0, len(data), CHUNK):
                         ws.write_channel(0, data[start:start + CHUNK])
