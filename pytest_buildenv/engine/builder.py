@@ -385,6 +385,10 @@ class Builder(BuildEnv):
         if code == 126 and "executable file not found" in stdout:
             # The engine's own words, on stdout with 126; a shell (and `docker run`) says 127 on stderr.
             return 127, "", stdout.strip() + "\n", timed_out
+        if code == 127 and "attach: read: connection reset by peer" in stderr and argv[0] not in stderr:
+            # Podman's code for a program not found, whose own words its attach socket lost (Podman 4.3,
+            # seen once in the rootful stage): say what 127 means.
+            return 127, stdout, f"{argv[0]}: executable file not found ({stderr.strip()})\n", timed_out
         if code == 137 and not timed_out and self._oom_killed():
             self.killed_by = f"the out-of-memory killer (memory limit {self.host_options['mem_limit']})"
         return code, stdout, stderr, timed_out
