@@ -175,3 +175,18 @@ def gone(api: Any, action: str, seconds: float = 0, exc: Optional[BaseException]
 def failure(api: Any, action: str, exc: BaseException) -> BuildEnvError:
     """One line for a failed API call: the server gone, or what it said."""
     return gone(api, action, 0, exc) if unreachable(exc) else api_error(action, exc)
+
+
+MADE_ALREADY, GONE_ALREADY = 409, 404  # the answers that say a create or a delete has nothing left to do
+
+
+def call(api: Any, action: str, method: Any, *args: Any, fine: int = 0, **kwargs: Any) -> bool:
+    """An API call of at most 30 s. An answer of status `fine` (MADE_ALREADY, GONE_ALREADY) is what was
+    asked for: False; any other failure is one line (`failure`). True when the call itself succeeded."""
+    try:
+        method(*args, _request_timeout=30, **kwargs)
+    except Exception as exc:
+        if fine and getattr(exc, "status", None) == fine:
+            return False
+        raise failure(api, action, exc) from None
+    return True

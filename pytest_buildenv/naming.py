@@ -94,4 +94,4 @@ class Labelled:
     ident: str
     name: str
     labels: dict[str, str]
-    remove: Callable[[], None]
+    remove: Callable[[], object]  # what it returns is not looked at

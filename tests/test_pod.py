@@ -87,7 +87,7 @@ def test_a_cluster_that_is_not_there_is_one_line_at_session_start(pytester, tmp_
         "users": [{"name": "u", "user": {"token": "t"}}]}))
     for path, words in ((tmp_path / "absent", f"no kubeconfig at {tmp_path / 'absent'} (from KUBECONFIG)"),
                         (kubeconfig, f"https://127.0.0.1:{port} did not answer")):
-        result = _pytest_in(pytester, "--buildenv=pod", KUBECONFIG=str(path))
+        result = _pytest_in(pytester.path, "--buildenv=pod", KUBECONFIG=str(path))
         errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
         assert result.returncode == 4 and len(errors) == 1 and words in errors[0], result.stderr
         assert "Traceback" not in result.stdout + result.stderr
@@ -104,8 +104,9 @@ def test_doctor_without_the_kubernetes_client_says_which_extra(tmp_path):
     assert lines[pod + 1].strip() == "fix: pip install 'pytest-buildenv[pod]'" and "Traceback" not in result.stderr
 
 
-def _pytest_in(pytester, *args, **env):
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=pytester.path,
+def _pytest_in(path, *args, **env):
+    """A pytest session of its own, in `path`, as a real process."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=path,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
 
 
@@ -409,14 +410,14 @@ def test_a_killed_sessions_namespace_is_removed_by_the_next_session(project, wai
                          capture_output=True, text=True, timeout=120)
     assert f"would remove: namespace {namespace} (session {namespace.split('-')[1]}: owner pid {proc.pid} is gone)" \
         in dry.stdout, dry.stdout + dry.stderr
-    result = _pytest_in_dir(project, "--buildenv=pod", "test_hold.py::test_fails")
+    result = _pytest_in(project, "--buildenv=pod", "test_hold.py::test_fails")
     assert f"reaped namespace {namespace} (owner pid {proc.pid} is gone)" in result.stdout, result.stdout
     assert _namespace_state(namespace) == "absent"
 
 
 @ON_CLUSTER
 def test_keep_failed_prints_a_kubectl_exec_that_reaches_the_pod(project):
-    result = _pytest_in_dir(project, "--buildenv=pod", "--buildenv-keep=failed", "test_hold.py::test_fails")
+    result = _pytest_in(project, "--buildenv=pod", "--buildenv-keep=failed", "test_hold.py::test_fails")
     assert result.returncode == 1, result.stdout
     line = next(line for line in result.stdout.splitlines() if line.strip().startswith("pod buildenv-"))
     command = line.split(": ", 1)[1].split("   (workspace")[0]
@@ -429,11 +430,6 @@ def test_keep_failed_prints_a_kubectl_exec_that_reaches_the_pod(project):
                               "--session", namespace.split("-")[1]], capture_output=True, text=True, timeout=120)
     assert f"remove: namespace {namespace}" in removed.stdout, removed.stdout + removed.stderr
     assert _namespace_state(namespace) == "absent"
-
-
-def _pytest_in_dir(path, *args):
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=path,
-                          capture_output=True, text=True, timeout=300)
 
 
 @ON_CLUSTER

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path, PurePosixPath
+from typing import IO
+
+from ..errors import BuildEnvError
 
 
 def extract_safely(archive: tarfile.TarFile, members: list[tarfile.TarInfo], where: Path) -> None:
@@ -25,3 +28,18 @@ def extract_safely(archive: tarfile.TarFile, members: list[tarfile.TarInfo], whe
             target_path = where / member.name
             os.chmod(target_path, (member.mode & 0o755) | 0o600)
             os.utime(target_path, (member.mtime, member.mtime))
+
+
+def extract_as(data: IO[bytes], source: PurePosixPath, dest: Path, where: str) -> None:
+    """`get()`'s landing: an archive of `source` (its top named as source's) extracted as `dest`, safely;
+    one that would write outside `dest` is one line (`where`: the environment it came from)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=data) as archive:
+        members = archive.getmembers()
+        for member in members:
+            member.name = str(PurePosixPath(dest.name) / PurePosixPath(member.name).relative_to(source.name))
+        try:
+            extract_safely(archive, members, dest.parent)
+        except tarfile.TarError as exc:
+            raise BuildEnvError(f"get(): {source} in {where} holds {exc}; nothing outside {dest} "
+                                "is written: fetch the files it links to instead") from exc

@@ -29,7 +29,7 @@ from ..naming import LABEL_CACHE, Owner, slug
 from ..result import FileInfo, output_text
 from ..settings import CommonSettings, SettingError
 from . import lost_during, where
-from .archive import extract_safely
+from .archive import extract_as
 from .containers import InvokingUser, Mount, remove_container, schedule_removal, start_idle_container
 from .copied import CopiedWorkspace, EngineChannel
 from .endpoint import describe, run_as
@@ -477,16 +477,7 @@ class Builder(BuildEnv):
             stream, _ = self.client.api.get_archive(self.id, str(source))
         except docker.errors.NotFound as exc:
             raise FileNotFoundError(f"get(): {source} does not exist in {self.name}") from exc
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
-            members = archive.getmembers()
-            for member in members:  # the archive's top is the source's name: land it as dest's
-                member.name = str(PurePosixPath(dest.name) / PurePosixPath(member.name).relative_to(source.name))
-            try:
-                extract_safely(archive, members, dest.parent)
-            except tarfile.TarError as exc:
-                raise BuildEnvError(f"get(): {source} in {self.name} holds {exc}; nothing outside {dest} "
-                                    "is written: fetch the files it links to instead") from exc
+        extract_as(io.BytesIO(b"".join(stream)), source, dest, self.name)
 
     # --- lifetime --------------------------------------------------------
     def close(self) -> None:

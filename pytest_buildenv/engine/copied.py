@@ -8,7 +8,7 @@ command, and after the command's own stderr writes, behind a token line, the ent
 those that went, and a tar of the changed files and links. One exec per command, as with a bind mount:
 the engine's archive API costs ~40 ms a call on Docker, and only the first copy uses it.
 How the copy reaches its builder is a `Channel`: the engine's API here (`EngineChannel`); any
-exec stream that can unpack a tar and run a command will do (a pod's: kinds/pod.py).
+exec stream that can unpack a tar and run a command will do (a pod's: kinds/pod/).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from typing import Any, Optional
 from ...engine.spares import SparePool
 from ...errors import BuildEnvError, Check
 from ...handle import BuildEnv
-from ...kube import Cluster, failure, kubernetes_client, server_of
+from ...kube import GONE_ALREADY, MADE_ALREADY, Cluster, call, failure, kubernetes_client, server_of
 from ...naming import LABEL_KIND, LABEL_SESSION, Labelled
 from ...registry import KindSpec, SessionEnd, TestInfo
 from ...services import Services
@@ -118,13 +118,11 @@ class Pods:
         meta = {"name": namespace, "labels": {LABEL_SESSION: owner.session, LABEL_KIND: "pod"},
                 "annotations": owner.labels("pod")}
         identity = identity_map(IDENTITY, owner)
-        for create, args in ((core.create_namespace, ({"apiVersion": "v1", "kind": "Namespace", "metadata": meta},)),
-                             (core.create_namespaced_config_map, (namespace, identity))):
-            try:
-                create(*args, _request_timeout=30)
-            except Exception as exc:
-                if getattr(exc, "status", None) != 409:  # made by another worker
-                    raise failure(api, f"making namespace {namespace}", exc) from None
+        # Made by another worker already, fine.
+        call(api, f"making namespace {namespace}", core.create_namespace,
+             {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}, fine=MADE_ALREADY)
+        call(api, f"making namespace {namespace}", core.create_namespaced_config_map, namespace, identity,
+             fine=MADE_ALREADY)
 
     def close(self, env: BuildEnv) -> None:
         env.close()
@@ -159,24 +157,18 @@ class Pods:
 def delete_namespace(api: Any, namespace: str, wait: float = 0) -> None:
     """Delete a namespace (its pods go with it); with `wait`, until it is gone."""
     core = kubernetes_client().CoreV1Api(api)
-    try:
-        core.delete_namespace(namespace, grace_period_seconds=0, _request_timeout=30)
-    except Exception as exc:
-        if getattr(exc, "status", None) == 404:
-            return
-        raise failure(api, f"deleting namespace {namespace}", exc) from None
+    if not call(api, f"deleting namespace {namespace}", core.delete_namespace, namespace, grace_period_seconds=0,
+                fine=GONE_ALREADY):
+        return
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        try:
-            core.read_namespace(namespace, _request_timeout=30)
-        except Exception as exc:
-            if getattr(exc, "status", None) == 404:
-                return
-            raise failure(api, f"waiting for namespace {namespace} to go", exc) from None
+        if not call(api, f"waiting for namespace {namespace} to go", core.read_namespace, namespace,
+                    fine=GONE_ALREADY):
+            return
         time.sleep(0.5)
     if wait:
         raise BuildEnvError(f"namespace {namespace} was still terminating after {wait:g} s; "
-                            "kubectl get all -n {namespace} says what holds it")
+                            f"kubectl get all -n {namespace} says what holds it")
 
 
 # --- what doctor, the header and the reaper say -------------------------------------------

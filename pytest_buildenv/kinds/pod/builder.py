@@ -4,20 +4,19 @@
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
-from ...engine.archive import extract_safely
+from ...engine.archive import extract_as
 from ...engine.containers import InvokingUser
 from ...engine.copied import CopiedWorkspace
 from ...errors import BuildEnvError, ConfigError
 from ...events import emit
 from ...handle import BuildEnv
-from ...kube import api_error, gone, kubernetes_client, pod_not_ready, unreachable
+from ...kube import GONE_ALREADY, api_error, call, gone, kubernetes_client, pod_not_ready, unreachable
 from ...naming import Owner
 from ...result import FileInfo, output_text
 from .agent import TOOLS, Agent
@@ -103,19 +102,18 @@ class PodEnv(BuildEnv):
 
     def running(self) -> bool:
         """Started, and the cluster says it still runs."""
+        if not self._started:
+            return False
         try:
             pod = self.core.read_namespaced_pod(self.name, self.namespace, _request_timeout=30)
         except Exception:
             return False
-        return self._started and pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None
+        return bool(pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None)
 
     def delete(self) -> None:
         """Delete the pod at once (no grace: a builder has nothing to save); gone already is fine."""
-        try:
-            self.core.delete_namespaced_pod(self.name, self.namespace, grace_period_seconds=0, _request_timeout=30)
-        except Exception as exc:
-            if getattr(exc, "status", None) != 404:
-                raise api_error(f"deleting pod {self.name}", exc) from None
+        call(self.api, f"deleting pod {self.name}", self.core.delete_namespaced_pod, self.name, self.namespace,
+             grace_period_seconds=0, fine=GONE_ALREADY)
 
     def close(self) -> None:
         if self._started:
@@ -171,13 +169,7 @@ class PodEnv(BuildEnv):
                 raise FileNotFoundError(f"get(): {source} cannot be copied from {self.name}: "
                                         f"{err.decode(errors='replace').strip()}")
             spool.seek(0)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(fileobj=spool) as archive:
-                members = archive.getmembers()
-                for member in members:  # the archive's top is the source's name: land it as dest's, yours
-                    member.name = str(PurePosixPath(dest.name) / PurePosixPath(member.name).relative_to(source.name))
-                    member.uid, member.gid = os.getuid(), os.getgid()
-                extract_safely(archive, members, dest.parent)
+            extract_as(spool, source, dest, self.name)
 
 
 class PodChannel:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any, Optional
 
-from ...kube import failure, kubernetes_client
+from ...kube import GONE_ALREADY, MADE_ALREADY, call, failure, kubernetes_client
 from ...naming import LABEL_CACHE, LABEL_KIND, LABEL_SESSION, Labelled, Owner
 from .spec import claim_name, identity_map
 
@@ -42,12 +42,8 @@ def prepare(api: Any, caches: Mapping[str, str], size: str, storage_class: Optio
                               "annotations": {**owner.labels("cache"), LABEL_CACHE: f"cache:{name}"}},
                  "spec": spec}
         made.append((core.create_namespaced_persistent_volume_claim, (CACHE_NAMESPACE, claim)))
-    for create, args in made:
-        try:
-            create(*args, _request_timeout=30)
-        except Exception as exc:
-            if getattr(exc, "status", None) != 409:  # there already: another worker's, or an earlier session's
-                raise failure(api, f"making the caches in namespace {CACHE_NAMESPACE}", exc) from None
+    for create, args in made:  # there already (another worker's, an earlier session's): fine
+        call(api, f"making the caches in namespace {CACHE_NAMESPACE}", create, *args, fine=MADE_ALREADY)
 
 
 def held(api: Any) -> str:
@@ -81,12 +77,5 @@ def leftovers(api: Any, session: Optional[str]) -> Iterator[Labelled]:
             if item.metadata.deletion_timestamp is None:
                 name = item.metadata.name
                 yield Labelled(resource, name, name, dict(item.metadata.annotations or {}),
-                               partial(_delete, api, deletes[resource], f"{resource} {name}", name))
-
-
-def _delete(api: Any, delete: Any, what: str, name: str) -> None:
-    try:
-        delete(name, CACHE_NAMESPACE, _request_timeout=30)
-    except Exception as exc:
-        if getattr(exc, "status", None) != 404:  # gone already: what was asked
-            raise failure(api, f"deleting {what} in namespace {CACHE_NAMESPACE}", exc) from None
+                               partial(call, api, f"deleting {resource} {name} in namespace {CACHE_NAMESPACE}",
+                                       deletes[resource], name, CACHE_NAMESPACE, fine=GONE_ALREADY))
