@@ -13,6 +13,7 @@ import docker
 import pytest
 
 from pytest_buildenv import BuildCommandError, CommandTimeout
+from pytest_buildenv.engine.builder import KILL_SLACK
 
 BUSYBOX = "buildenv-test/busybox:1"
 CGROUP = "/sys/fs/cgroup"
@@ -37,11 +38,14 @@ def test_a_process_limit_by_default(builder_container):
     assert cgroup(builder_container, "pids/pids.max") == "4096"
 
 
+# Half a core: the bomb under the default process limit, without starving the other worker's tests.
+@pytest.mark.container(cpus=0.5)
 def test_a_fork_bomb_under_the_default_limit_ends_within_its_timeout(builder_container):
     started = time.monotonic()
     with pytest.raises(CommandTimeout):
         builder_container.run("b() { b | b & }; b; sleep 60", timeout=5)
-    assert time.monotonic() - started < 5 + 25  # the kill, or the builder's, is bounded too
+    # The slack the README states, and a margin for a loaded machine (the engine's own kill is not ours).
+    assert time.monotonic() - started < 5 + KILL_SLACK + 10
     assert subprocess.run(["true"]).returncode == 0  # the host still forks
     assert int(cgroup_of_host(builder_container)) <= 4096
 

@@ -51,6 +51,11 @@ KILL_MARKED = (
     'then kill -KILL "${d#/proc/}" 2>/dev/null; fi; done'
 )
 
+# A timed-out command is ended within KILL_SLACK seconds of its timeout (README: Timeouts): KILL_GRACE
+# for its own processes to be killed, then the builder is killed whole.
+KILL_GRACE = 5.0
+KILL_SLACK = 15.0
+
 # docker_options keys the plugin sets itself, and the setting to use instead.
 OWNED_OPTIONS = {
     "name": "nothing (builders are named per test)", "labels": "nothing (labels say whose a builder is)",
@@ -371,12 +376,7 @@ class Builder(BuildEnv):
                 reader.join(timeout)
                 if reader.is_alive():
                     timed_out = True
-                    self._kill_marked(marker, user)
-                    reader.join(10)
-                    if reader.is_alive():  # nothing could be started to kill it (a fork bomb at the pids limit)
-                        api.kill(self.id)
-                        self.killed_by = "its builder, killed whole: no process could start in it to end the command"
-                        reader.join(10)
+                    self._end(reader, marker, user)
             exit_code = api.exec_inspect(exec_id)["ExitCode"]
             if self.copied is not None:  # the builder's report follows the command's own stderr
                 err = [self.copied.pull(token, b"".join(err))]
@@ -405,6 +405,17 @@ class Builder(BuildEnv):
         killed, self._oom_kills = kills > self._oom_kills, kills
         return killed
 
+    def _end(self, reader: threading.Thread, marker: str, user: Optional[str]) -> None:
+        """End a timed-out command within KILL_SLACK: its marked processes, else the whole builder."""
+        # The killer runs beside us, not in our way: under a fork bomb it may not start, or crawl
+        # through thousands of processes, one fork of tr and grep each.
+        threading.Thread(target=self._kill_marked, args=(marker, user), daemon=True).start()
+        reader.join(KILL_GRACE)
+        if reader.is_alive():
+            self.client.api.kill(self.id)
+            self.killed_by = "its builder, killed whole: its command could not be ended inside it"
+            reader.join(KILL_SLACK - KILL_GRACE)
+
     def _kill_marked(self, marker: str, user: Optional[str]) -> None:
         import docker
 
@@ -412,8 +423,8 @@ class Builder(BuildEnv):
         try:
             killer = api.exec_create(self.id, ["sh", "-c", KILL_MARKED, "sh", marker], user=user or "")["Id"]
             api.exec_start(killer)
-        except docker.errors.APIError:
-            pass  # no process can start (its pids limit is reached): the caller kills the builder
+        except (docker.errors.APIError, OSError):
+            pass  # no process can start (its pids limit is reached), or the builder went: _end kills it whole
 
     # --- files outside /work: through the archive API --------------------
     def _archive_member(self, path: PurePosixPath) -> Optional[tuple[tarfile.TarInfo, bytes]]:
