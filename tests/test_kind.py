@@ -214,14 +214,20 @@ def deployment(name: str, image: str, command: str = "sleep 3600", **spec) -> st
                                     "template": {"metadata": {"labels": {"app": name}},
                                                  "spec": {"containers": [{"name": "main", "image": image,
                                                                           "imagePullPolicy": spec.pop("pull", "Never"),
-                                                                          "command": ["sh", "-c", command]}], **spec}}}})
+                                                                          "command": ["sh", "-c", command],
+                                                                          **spec.pop("container", {})}],
+                                                          **spec}}}})
 
 
 @SHARED
 def test_wait_ready_says_why_each_pod_is_not_ready(kind_cluster, namespace, busybox_loaded):
     kind_cluster.apply(deployment("never-loaded", "buildenv-test/never-loaded:1"), namespace=namespace)
     kind_cluster.apply(deployment("no-registry", "buildenv-test/never-loaded:1", pull="IfNotPresent"), namespace=namespace)
-    kind_cluster.apply(deployment("crashing", BUSYBOX, "echo the last words; exit 3"), namespace=namespace)
+    # Without a readiness probe a crashing container is Ready, as Kubernetes says, for the instant it
+    # runs between two crashes (CI saw wait_ready return then, once): a probe it never passes.
+    never_ready = {"readinessProbe": {"exec": {"command": ["test", "-e", "/tmp/ready"]}, "periodSeconds": 1}}
+    kind_cluster.apply(deployment("crashing", BUSYBOX, "echo the last words; exit 3", container=never_ready),
+                       namespace=namespace)
     kind_cluster.apply(deployment("unschedulable", BUSYBOX, nodeSelector={"disk": "none-has-it"}), namespace=namespace)
 
     def why(name: str, timeout: float) -> str:
