@@ -51,7 +51,7 @@ KILL_MARKED = (
     'then kill -KILL "${d#/proc/}" 2>/dev/null; fi; done'
 )
 
-# A timed-out command is ended within KILL_SLACK seconds of its timeout (README: Timeouts): KILL_GRACE
+# A timed-out command is ended within KILL_SLACK seconds of its timeout (README: The handle): KILL_GRACE
 # for its own processes to be killed, then the builder is killed whole.
 KILL_GRACE = 5.0
 KILL_SLACK = 15.0
