@@ -66,6 +66,9 @@ OWNED_OPTIONS = {
     "auto_remove": "nothing (removal is the plugin's)",
 }
 _MEMORY = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
+_PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/v\d+)?$")
+_SECRET_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+_SSH = re.compile(r"^[A-Za-z0-9._-]+(=\S+)?$")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,14 @@ class ContainerSettings(CommonSettings):
     caches: dict[str, str] = field(default_factory=dict)  # name -> path in the builder, kept across sessions
     docker_options: dict[str, Any] = field(default_factory=dict)  # more host-config options for the engine
     workspace: Optional[Literal["bind", "copy"]] = None  # how /work reaches the engine; unset: bind if it sees it
+    # Image builds (BuildKit): secret names -> an environment variable's name or a file, `RUN --mount=type=secret`;
+    # `RUN --mount=type=ssh` agents ("default"); the platform built and run; a local BuildKit cache directory.
+    secrets: dict[str, str] = field(default_factory=dict)
+    ssh: Optional[str] = None
+    platform: Optional[str] = None  # "linux/arm64"; a list of them makes a matrix
+    cache_from: Optional[Path] = None
+    cache_to: Optional[Path] = None
+    buildx_builder: Optional[str] = None  # a `docker buildx create` builder; unset: the engine's own BuildKit
 
     def __post_init__(self) -> None:
         """What the types cannot say: a memory size, docker_options keys (one the plugin owns names the
@@ -96,6 +107,16 @@ class ContainerSettings(CommonSettings):
                                          "e.g. '512m' or '2g'")
         for key, value in self.docker_options.items():
             _check_option(key, value)
+        if self.platform is not None and not _PLATFORM.match(self.platform):
+            raise SettingError("platform", f"platform={self.platform!r} is not a platform; write it as Docker "
+                                           "does, e.g. 'linux/arm64' or 'linux/arm/v7'")
+        for name in self.secrets:
+            if not _SECRET_ID.match(name):
+                raise SettingError("secrets", f"secrets name {name!r} is not an id BuildKit takes; use letters, "
+                                              "digits, '.', '_' and '-' (RUN --mount=type=secret,id=NAME)")
+        if self.ssh is not None and not _SSH.match(self.ssh):
+            raise SettingError("ssh", f"ssh={self.ssh!r} is not an agent BuildKit takes; write 'default' "
+                                      "(SSH_AUTH_SOCK's agent) or 'ID=/path/to/agent.sock'")
 
 
 def _check_option(key: str, value: Any) -> None:

@@ -36,7 +36,10 @@ class Builders:
         kind, images = self.env_class.kind, self.engine.images
         if settings.dockerfile is not None:
             context = settings.context or settings.dockerfile.parent
-            base = images.build(BuildSpec(settings.dockerfile, context, settings.target, settings.build_args))
+            base = images.build(BuildSpec(
+                settings.dockerfile, context, settings.target, settings.build_args, secrets=settings.secrets,
+                ssh=settings.ssh, platform=settings.platform, cache_from=settings.cache_from,
+                cache_to=settings.cache_to, builder=settings.buildx_builder))
         elif settings.image:
             base = images.from_tag(settings.image)
         else:

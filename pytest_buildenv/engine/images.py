@@ -2,9 +2,14 @@
 
 The context is packed here rather than by the daemon so that a per-Dockerfile
 ignore file (`Dockerfile.x.dockerignore` beside `Dockerfile.x`, as BuildKit
-reads it) works on the classic builder too, and so that the content hash that
-keys the cache is ours: the same Dockerfile, context, target and build args
+reads it) works on every builder, and so that the content hash that keys the
+cache is ours: the same Dockerfile, context, target, build args and platform
 are built once per session and reused by every test and xdist worker.
+
+Which builder: BuildKit through buildx (buildx.py) on Docker where the CLI has
+the plugin; Podman's own (buildah) through its compat API; Docker's classic
+builder only where nothing else exists, and a Dockerfile that needs BuildKit
+then says so in one line (dockerfile.py).
 """
 
 from __future__ import annotations
@@ -13,18 +18,20 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional, cast
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from . import daemon_errors
+from . import buildx, daemon_errors, dockerfile
 from ..events import emit
 from ..errors import ConfigError, ImageBuildError, tail
 from ..naming import LABEL_CACHE, Owner, slug
 from ..sharing import SharedState, state_root
 from .containers import remove_container, start_idle_container
+from .endpoint import Endpoint, describe
 
 if TYPE_CHECKING:
     import docker
@@ -42,6 +49,12 @@ class BuildSpec:
     context: Path
     target: Optional[str] = None
     build_args: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # id -> environment variable or file (buildx.py)
+    ssh: Optional[str] = None
+    platform: Optional[str] = None
+    cache_from: Optional[Path] = None
+    cache_to: Optional[Path] = None
+    builder: Optional[str] = None  # a buildx builder's name; None: the engine's own BuildKit
 
     def validate(self) -> None:
         if not self.dockerfile.is_file():
@@ -73,7 +86,9 @@ class BuildSpec:
     def content_hash(self, files: Iterable[str]) -> str:
         digest = hashlib.sha256()
         digest.update(self.dockerfile.read_bytes())
-        digest.update(json.dumps([self.target, sorted(self.build_args.items())]).encode())
+        # Secret values are not the image's identity (and are never hashed); which ids it gets is.
+        digest.update(json.dumps([self.target, sorted(self.build_args.items()), self.platform,
+                                  sorted(self.secrets), self.ssh]).encode())
         for rel in files:
             path = self.context / rel
             digest.update(rel.encode() + b"\0")
@@ -98,9 +113,10 @@ def file_sha256(path: Path) -> bytes:
 class ImageBuilder:
     """Resolves an image setting to a local image, building Dockerfiles once per session."""
 
-    def __init__(self, client: docker.DockerClient, owner: Owner,
-                 shared: Optional[SharedState] = None, progress: Optional[Progress] = None) -> None:
+    def __init__(self, client: docker.DockerClient, owner: Owner, shared: Optional[SharedState] = None,
+                 progress: Optional[Progress] = None, endpoint: Optional[Endpoint] = None) -> None:
         self.client = client
+        self.endpoint = endpoint  # where buildx finds the engine; None: the SDK's builders only
         self.owner = owner
         self.shared = shared
         self.progress = progress or (lambda line: None)
@@ -211,29 +227,110 @@ class ImageBuilder:
         from docker.utils.build import create_archive
 
         tag = f"buildenv/{slug(spec.dockerfile.name, 40)}:{self.owner.session}-{key[:12]}"
-        self.progress(f"building {tag} from {spec.dockerfile}" + (f" (target {spec.target})" if spec.target else ""))
-        # docker's stubs call the archive a _Fileobj; it is a temporary file of bytes.
-        context = cast(IO[bytes], create_archive(str(spec.context), files=files,
-                                                 extra_files=[(INJECTED_DOCKERFILE, spec.dockerfile.read_text())]))
+        self.progress(f"building {tag} from {spec.dockerfile}" + (f" (target {spec.target})" if spec.target else "")
+                      + (f" for {spec.platform}" if spec.platform else ""))
+        engine = describe(self.client)
+        if engine.product == "Docker" and self.endpoint is not None and buildx.cli() is not None:
+            self._buildx(spec, tag)
+        else:
+            self._refuse_what_classic_cannot(spec, f"{engine.product} {engine.version}")
+            # Podman takes secrets as files in the context, which it moves out before the build (as podman-remote
+            # sends them); the archive is a temporary file, removed when the build is done.
+            secret_files = {name: f".buildenv-secret-{secrets.token_hex(8)}" for name in spec.secrets}
+            extra = [(INJECTED_DOCKERFILE, spec.dockerfile.read_text())]
+            extra += [(secret_files[name], buildx.secret_value(name, source)) for name, source in spec.secrets.items()]
+            if spec.ignore_file() not in (None, spec.context / ".dockerignore"):
+                files = [f for f in files if f != ".dockerignore"]  # buildah would apply it too, over the one that won
+            # docker's stubs call the archive a _Fileobj; it is a temporary file of bytes.
+            context = cast(IO[bytes], create_archive(str(spec.context), files=files, extra_files=extra))
+            with context:
+                self._build_classic(spec, context, tag, f"{engine.product} {engine.version}",
+                                    [f"id={name},src={path}" for name, path in secret_files.items()])
+        emit("created", "image", tag, self.owner.session)
+        return tag
+
+    def _buildx(self, spec: BuildSpec, tag: str) -> None:
+        """BuildKit, through the CLI's buildx plugin, on this engine (DOCKER_HOST) or the named builder. The
+        context is the directory itself: buildx sends it through the build's session (read again by a
+        `# syntax=` frontend, which a tar on stdin is not), and BuildKit reads `<Dockerfile>.dockerignore`
+        as context_files() does."""
+        assert self.endpoint is not None
+        docker_cli = buildx.cli()
+        assert docker_cli is not None
+        args = buildx.argv(docker_cli, spec, tag, self.owner.labels("image"))
+        engine = describe(self.client)
+        code, log = buildx.build(args, {"DOCKER_HOST": self.endpoint.url}, self.progress)
+        if code != 0:
+            raise buildx.failure(spec, log, f"BuildKit on {engine.product} {engine.version}")
+
+    def _build_classic(self, spec: BuildSpec, context: IO[bytes], tag: str, engine: str, secret_args: list[str]) -> None:
+        """The engine's API build: Podman's builder (buildah), or Docker's classic one where buildx is missing.
+        Posted here rather than through the SDK's build(), which has no way to pass Podman's `secrets`."""
+
+        api = self.client.api
+        params: dict[str, Any] = {"t": tag, "dockerfile": INJECTED_DOCKERFILE, "rm": True, "forcerm": True,
+                                  "buildargs": json.dumps(spec.build_args), "labels": json.dumps(self.owner.labels("image"))}
+        params.update({k: v for k, v in (("target", spec.target), ("platform", spec.platform)) if v})
+        if secret_args:
+            params["secrets"] = json.dumps(secret_args)
         log: list[str] = []
-        with daemon_errors(f"building {spec.dockerfile}", self.client), context:
-            stream = self.client.api.build(
-                fileobj=context, custom_context=True, dockerfile=INJECTED_DOCKERFILE, tag=tag,
-                target=spec.target, buildargs=spec.build_args, labels=self.owner.labels("image"),
-                rm=True, forcerm=True, decode=True)
-            for chunk in stream:
+        with daemon_errors(f"building {spec.dockerfile}", self.client):
+            response = api.post(f"{api.base_url}/v{api.api_version}/build", params=params, data=context, stream=True,
+                                timeout=None, headers={"Content-Type": "application/x-tar"})
+            if not response.ok:  # Docker refuses a Dockerfile it cannot parse with a 400, before any chunk
+                raise self._classic_failure(spec, _message(response), log, engine)
+            for chunk in _chunks(response):
                 if "error" in chunk:
                     log.append(chunk["error"])
-                    raise ImageBuildError(
-                        f"docker build of {spec.dockerfile} failed: {chunk['error'].strip()}; "
-                        f"fix the failing step (its output follows)\n{tail(''.join(log))}")
+                    raise self._classic_failure(spec, chunk["error"].strip(), log, engine)
                 line = chunk.get("stream", "")
                 if line:
                     log.append(line)
                     if line.strip():
                         self.progress(line.rstrip())
-        emit("created", "image", tag, self.owner.session)
-        return tag
+
+    def _refuse_what_classic_cannot(self, spec: BuildSpec, engine: str) -> None:
+        """What only buildx serves, and (on Docker) what only BuildKit parses, refused before the build."""
+        if engine.startswith("Docker"):
+            fix = "install the Docker CLI's buildx plugin (Debian: docker-buildx), or drop that from the Dockerfile"
+            refused = dockerfile.needs_buildkit(spec.dockerfile, engine, fix)
+            if refused:
+                raise ConfigError(refused)
+        wanted = [name for name, value in (("secrets", spec.secrets if engine.startswith("Docker") else None),
+                                           ("ssh", spec.ssh), ("cache_from", spec.cache_from),
+                                           ("cache_to", spec.cache_to), ("buildx_builder", spec.builder)) if value]
+        if wanted:
+            raise ConfigError(f"{', '.join(wanted)} for {spec.dockerfile}: BuildKit's, served by the docker CLI's buildx "
+                              f"plugin, and {engine} builds without it here; build on a Docker engine with buildx "
+                              "(Debian: docker-buildx), or drop the setting")
+
+    @staticmethod
+    def _classic_failure(spec: BuildSpec, words: str, log: list[str], engine: str) -> Exception:
+        parsed = dockerfile.parse_error(words, spec.dockerfile.read_text(errors="replace"))
+        if parsed is not None:
+            return ConfigError(dockerfile.refusal(spec.dockerfile, parsed[0], parsed[1], engine))
+        heredoc = dockerfile.heredoc_line(spec.dockerfile.read_text(errors="replace"))
+        if heredoc is not None and "<<" in words:  # buildah before 1.33 reads `COPY <<EOT` as a file named "<<EOT"
+            return ConfigError(f"{spec.dockerfile}:{heredoc}: {engine}'s builder does not take heredocs ({words}); "
+                               "write the file into the context and COPY it, or build on an engine whose builder "
+                               "takes them (Docker with buildx, Podman 4.8 or newer)")
+        return ImageBuildError(f"docker build of {spec.dockerfile} failed: {words}; fix the failing step "
+                               f"(its output follows)\n{tail(''.join(log))}")
+
+
+def _chunks(response: Any) -> Iterator[dict[str, Any]]:
+    """A build's stream of JSON objects ({"stream": ...}, {"error": ...}), as the engine sends them."""
+    from docker.utils.json_stream import json_stream
+
+    return cast("Iterator[dict[str, Any]]", json_stream(response.iter_content(chunk_size=None, decode_unicode=True)))
+
+
+def _message(response: Any) -> str:
+    """An engine's refusal of a request: the message of its JSON body, else the body."""
+    try:
+        return str(response.json().get("message") or response.text)
+    except ValueError:
+        return str(response.text)
 
 
 class ChunkReader(io.RawIOBase):

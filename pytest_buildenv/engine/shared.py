@@ -87,7 +87,8 @@ class Engine:
     def images(self) -> ImageBuilder:
         with self._lock:
             if self._images is None:
-                self._images = ImageBuilder(self.client, self.session_owner, self._shared(), self.progress)
+                self._images = ImageBuilder(self.client, self.session_owner, self._shared(), self.progress,
+                                            self.endpoint)
             return self._images
 
     @property
