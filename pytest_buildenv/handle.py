@@ -84,6 +84,7 @@ class BuildEnv(ABC):
         self.workdir = PurePosixPath(workdir)
         self.environment = dict(environment or {})
         self.default_timeout = timeout
+        self.timeout_scale = 1.0  # an emulated builder's commands take longer: their timeouts are scaled by this
         self.transcript = Transcript()
         self.killed_by = ""  # set by _execute when it knows what killed the command (e.g. the OOM killer)
         self._host: Any = None
@@ -98,6 +99,8 @@ class BuildEnv(ABC):
         argv = to_argv(cmd)
         merged_env = {**self.environment, **(env or {})}
         limit = timeout if timeout is not None else self.default_timeout
+        if limit is not None:
+            limit *= self.timeout_scale
         started = time.monotonic()
         self.killed_by = ""
         exit_code, out, err, timed_out = self._execute(argv, merged_env, self._resolve(cwd), limit, user)

@@ -6,7 +6,7 @@ import hashlib
 import stat
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 from .errors import BuildCommandError, tail
 
@@ -71,6 +71,11 @@ StatFn = Callable[[PurePosixPath], Optional[FileInfo]]
 ReadFn = Callable[[PurePosixPath], bytes]
 
 
+# e_machine values (the ELF specification's registry), by `file`'s names.
+ELF_MACHINES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390", 40: "arm", 62: "x86-64", 183: "aarch64",
+                243: "riscv"}
+
+
 class Artifact:
     """A file the build produced, looked at afresh on every access."""
 
@@ -117,6 +122,16 @@ class Artifact:
     @property
     def executable(self) -> bool:
         return self.is_file and bool(self.mode & 0o111)
+
+    @property
+    def machine(self) -> Optional[str]:
+        """The machine an ELF file is for, as `file` names it ("x86-64", "aarch64"); None if it is not ELF."""
+        header = self.read_bytes()[:20]
+        if len(header) < 20 or header[:4] != b"\x7fELF":
+            return None
+        order: Literal["little", "big"] = "big" if header[5] == 2 else "little"  # EI_DATA
+        code = int.from_bytes(header[18:20], order)  # e_machine
+        return ELF_MACHINES.get(code, f"machine {code}")
 
     @property
     def sha256(self) -> str:

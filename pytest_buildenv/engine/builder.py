@@ -160,6 +160,8 @@ class BuilderSpec:
     host_options: Mapping[str, Any] = field(default_factory=dict)  # limits and docker_options (host_options())
     caches: Mapping[str, str] = field(default_factory=dict)  # name -> path: named volumes kept across sessions
     copy_workspace: bool = False  # the engine cannot see the workspace: copied in and out (engine/copied.py)
+    platform: Optional[str] = None  # "linux/arm64": the image's, emulated where this machine is another
+    timeout_scale: float = 1.0  # command timeouts are multiplied by this (platforms.EMULATION_FACTOR when emulated)
 
 
 def host_options(settings: ContainerSettings, to_host: HostPathFn) -> tuple[dict[str, Any], tuple[Mount, ...]]:
@@ -194,6 +196,7 @@ class Builder(BuildEnv):
     def __init__(self, client: docker.DockerClient, spec: BuilderSpec, workspace: Path, owner: Owner, *,
                  test: str = "", user: Optional[InvokingUser] = None, to_host: HostPathFn = str) -> None:
         super().__init__(workspace, WORKDIR, environment=dict(spec.environment), timeout=spec.timeout)
+        self.timeout_scale = spec.timeout_scale
         self.client = client
         self.spec = spec
         self.owner = owner
@@ -245,7 +248,7 @@ class Builder(BuildEnv):
                 self.client, self.image, name=self.name, user=self.user_spec,
                 labels=self.owner.labels(self.kind, self.test), role="builder container", network=self.network,
                 mounts=mounts, group_add=self.user.extra_groups(self.spec.group_add), host=self.host_options,
-                working_dir=str(WORKDIR), environment=env)
+                working_dir=str(WORKDIR), environment=env, platform=self.spec.platform)
             emit("created", "container", self.name, self.owner.session, kind=self.kind)
             if self.copy_workspace:
                 self._seed_copy()

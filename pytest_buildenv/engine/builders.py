@@ -16,7 +16,7 @@ from ..handle import BuildEnv
 from ..naming import LABEL_CACHE, Labelled
 from ..registry import SessionEnd, TestInfo
 from ..services import Services
-from . import connect, describe_unreachable, engine_lost, not_back, probe
+from . import connect, describe_unreachable, engine_lost, not_back, platforms, probe
 from .builder import CACHE_VOLUME, Builder, BuilderSpec, ContainerSettings, host_options
 from .containers import wait_for_removals
 from .endpoint import describe
@@ -34,6 +34,7 @@ class Builders:
 
     def image_for(self, settings: ContainerSettings) -> str:
         kind, images = self.env_class.kind, self.engine.images
+        platforms.require(settings.platform, engine_is_local=self.engine.endpoint.socket is not None)
         if settings.dockerfile is not None:
             context = settings.context or settings.dockerfile.parent
             base = images.build(BuildSpec(
@@ -41,7 +42,7 @@ class Builders:
                 ssh=settings.ssh, platform=settings.platform, cache_from=settings.cache_from,
                 cache_to=settings.cache_to, builder=settings.buildx_builder))
         elif settings.image:
-            base = images.from_tag(settings.image)
+            base = images.from_tag(settings.image, settings.platform)
         else:
             raise ConfigError(f"no image for the {kind} kind; pass @pytest.mark.{kind}(image=...) or dockerfile=, "
                               f"set {kind}: image: in buildenv.yaml, or ini buildenv_image")
@@ -55,7 +56,8 @@ class Builders:
                                                 and not self.engine.sees_workspaces(workspace, image))
         return BuilderSpec(image, network=network, ssh_agent=settings.ssh_agent, environment=settings.environment,
                            timeout=settings.timeout, mounts=mounts, host_options=options, caches=settings.caches,
-                           copy_workspace=copy)
+                           copy_workspace=copy, platform=settings.platform,
+                           timeout_scale=platforms.EMULATION_FACTOR if platforms.emulated(settings.platform) else 1.0)
 
     def configure(self, settings: ContainerSettings, image: str, workspace: Path, test: str,
                   network: Optional[str]) -> Builder:
@@ -171,7 +173,7 @@ def caches_held(services: Services) -> str:
     caches = sorted((v["Name"][len(CACHE_VOLUME):], (v.get("UsageData") or {}).get("Size", -1))
                     for v in volumes if LABEL_CACHE in (v.get("Labels") or {}) and v["Name"].startswith(CACHE_VOLUME))
     listed = ", ".join(f"{name} {size // 1024} KiB" if size >= 0 else name for name, size in caches)
-    return f"caches: {listed or 'none'}"
+    return f"caches: {listed or 'none'}; {platforms.listing()}"
 
 
 def engine_leftovers(services: Services, session: Optional[str]) -> Iterator[Labelled]:

@@ -80,7 +80,7 @@ def wait_for_removals() -> list[BaseException]:
 def start_idle_container(client: docker.DockerClient, image: str, *, name: str, user: str, labels: dict[str, str],
                          role: str, network: Optional[str] = None, mounts: Iterable[Mount] = (),
                          group_add: Iterable[str] = (), setuid: bool = False,
-                         host: Optional[Mapping[str, Any]] = None, **create: Any) -> str:
+                         host: Optional[Mapping[str, Any]] = None, platform: Optional[str] = None, **create: Any) -> str:
     """Create and start a container idling on `sleep infinity`, under our security defaults:
     never privileged, no-new-privileges, and an init that reaps what timed-out commands leave
     (so `ps` in a test stays truthful). `role` names it in errors; `create` goes to create_container.
@@ -88,6 +88,7 @@ def start_idle_container(client: docker.DockerClient, image: str, *, name: str, 
     `setuid=True` is the one exception, for provisioning a snapshot: its steps install packages,
     and package tools may switch users through setuid helpers (su, sudo), which no-new-privileges stops.
     `host` adds host-config options: limits, and what a user put in docker_options (checked before).
+    `platform` ("linux/arm64") picks the image's platform; the engine checks the image is for it.
     The engine decides the rest (endpoint.run_as): its user namespace mode (keep-id on rootless Podman),
     and whether the user's other groups exist in its id space."""
     import docker
@@ -113,7 +114,7 @@ def start_idle_container(client: docker.DockerClient, image: str, *, name: str, 
             with _one_keep_id_create_at_a_time(policy.userns):
                 created = api.create_container(image, entrypoint=["sleep"], command=["infinity"], name=name,
                                                user=user, labels=labels, host_config=host_config, detach=True,
-                                               **create)
+                                               platform=platform, **create)
         except docker.errors.APIError as exc:
             raise _refused(exc, client, role, image, "create") from exc
         try:

@@ -121,7 +121,7 @@ class ImageBuilder:
         self.shared = shared
         self.progress = progress or (lambda line: None)
         self._built: dict[str, str] = {}  # Dockerfile content key -> tag built this session
-        self._present: set[str] = set()  # tags known to be local: looked up, pulled or provisioned
+        self._present: set[tuple[str, Optional[str]]] = set()  # (tag, platform) known to be local
 
     def forget(self) -> None:
         """The engine restarted: images it had are looked up again, not assumed (a build is redone
@@ -129,28 +129,40 @@ class ImageBuilder:
         self._present.clear()
         self._built.clear()
 
-    def from_tag(self, tag: str) -> str:
-        """The tag itself if the image is local (or can be pulled), else ConfigError."""
+    def from_tag(self, tag: str, platform: Optional[str] = None) -> str:
+        """The tag itself if the image is local (or can be pulled), and for `platform` if one is named;
+        else ConfigError."""
         import docker
 
-        if tag in self._present:
+        if (tag, platform) in self._present:
             return tag  # already looked up this session
         with daemon_errors(f"looking up image {tag}", self.client):
             try:
-                self.client.images.get(tag)
-                self._present.add(tag)
+                self._check_platform(tag, self.client.images.get(tag).attrs, platform)
+                self._present.add((tag, platform))
                 return tag
             except docker.errors.ImageNotFound:
                 pass
             try:
-                self.progress(f"pulling {tag}")
-                self.client.images.pull(tag)
-                self._present.add(tag)
+                self.progress(f"pulling {tag}" + (f" for {platform}" if platform else ""))
+                pulled = self.client.images.pull(tag, platform=platform)
+                self._check_platform(tag, pulled.attrs, platform)
+                self._present.add((tag, platform))
                 return tag
             except docker.errors.APIError as exc:
                 reason = (exc.explanation or str(exc)).splitlines()[0][:160]
                 raise ConfigError(f"image {tag!r} is not present locally and could not be pulled ({reason}); "
                                   "build or load it first, or use dockerfile=") from exc
+
+    @staticmethod
+    def _check_platform(tag: str, attrs: dict[str, Any], platform: Optional[str]) -> None:
+        """An image for another platform than the one asked for would run emulated, or not at all: refused."""
+        if platform is None:
+            return
+        has = f"{attrs.get('Os', 'linux')}/{attrs.get('Architecture', '?')}"
+        if has.split("/")[:2] != platform.split("/")[:2]:
+            raise ConfigError(f"image {tag!r} is for {has}, not platform={platform}; name an image built for "
+                              f"{platform}, or build one (dockerfile= with platform={platform})")
 
     def snapshot(self, base: str, commands: tuple[str, ...], user: str = "root") -> str:
         """`base` with `commands` run once and committed: cached across sessions by content."""
@@ -159,14 +171,14 @@ class ImageBuilder:
         base_id = self.client.images.get(base).id
         key = hashlib.sha256(json.dumps([base_id, list(commands), user]).encode()).hexdigest()
         tag = f"buildenv-snapshot:{key[:20]}"
-        if tag in self._present:
+        if (tag, None) in self._present:
             return tag
         # Per user: filelock refuses a lock file another user made (and /tmp is everyone's).
         lock = state_root() / f"snapshot-{key[:20]}.lock"
         with FileLock(str(lock)):  # one provisioning per content on this host, however many sessions ask
             if not self.client.images.list(filters={"label": f"{LABEL_CACHE}={key}"}):
                 self._provision(base, commands, user, tag, key)
-        self._present.add(tag)
+        self._present.add((tag, None))
         return tag
 
     def _provision(self, base: str, commands: tuple[str, ...], user: str, tag: str, key: str) -> None:
