@@ -29,6 +29,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PREFIXES = ("ERROR: ", "failed to build: ", "failed to solve: ", "rpc error: code = Unknown desc = ",
              "failed to solve with frontend dockerfile.v0: ", "failed to create LLB definition: ")
 NO_CACHE_EXPORT = "Cache export is not supported"
+NO_BRIDGE = "network bridge not found"
 
 
 @functools.cache
@@ -65,12 +66,14 @@ def secret_value(name: str, source: str) -> str:
     return os.environ[source] if ",env=" in flag else Path(flag.split(",src=", 1)[1]).read_text()
 
 
-def argv(docker: str, spec: BuildSpec, tag: str, labels: Mapping[str, str]) -> list[str]:
-    """`docker buildx build` for `spec`."""
+def argv(docker: str, spec: BuildSpec, tag: str, labels: Mapping[str, str], network: Optional[str] = None) -> list[str]:
+    """`docker buildx build` for `spec`; `network` for its RUN steps (None: the builder's default)."""
     args = [docker, "buildx", "build", "--progress=plain", "--load", "--provenance=false",
             "-f", str(spec.dockerfile), "-t", tag]
     if spec.builder:
         args += ["--builder", spec.builder]
+    if network:
+        args += ["--network", network]
     for name, value in labels.items():
         args += ["--label", f"{name}={value}"]
     if spec.target:
@@ -128,6 +131,11 @@ def failure(spec: BuildSpec, log: list[str], engine: str) -> Exception:
     parsed = dockerfile.parse_error(words, spec.dockerfile.read_text(errors="replace"))
     if parsed is not None:
         return ConfigError(dockerfile.refusal(spec.dockerfile, parsed[0], parsed[1], engine))
+    if NO_BRIDGE in words and dockerfile.has_syntax_line(spec.dockerfile.read_text(errors="replace")):
+        # Build steps are given network none there (images.py), but a frontend's own container cannot be.
+        return ConfigError(f"{spec.dockerfile}:1: {engine} has no default bridge network (dockerd --bridge none), "
+                           "and BuildKit runs a `# syntax=` frontend on it; drop the syntax line, or build on an "
+                           "engine with its bridge, or on a buildx_builder")
     if NO_CACHE_EXPORT in words:
         builder = f"buildx builder {spec.builder!r}" if spec.builder else "the engine's own BuildKit (buildx's docker driver)"
         return ConfigError(f"cache_to={spec.cache_to}: {builder} cannot export a build cache; make a builder "

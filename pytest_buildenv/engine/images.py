@@ -14,12 +14,15 @@ then says so in one line (dockerfile.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional, cast
@@ -117,6 +120,7 @@ class ImageBuilder:
                  progress: Optional[Progress] = None, endpoint: Optional[Endpoint] = None) -> None:
         self.client = client
         self.endpoint = endpoint  # where buildx finds the engine; None: the SDK's builders only
+        self._bridge: Optional[bool] = None  # whether the engine has a default bridge network (asked once)
         self.owner = owner
         self.shared = shared
         self.progress = progress or (lambda line: None)
@@ -236,14 +240,23 @@ class ImageBuilder:
                 return False
 
     def _build(self, spec: BuildSpec, files: list[str], key: str) -> str:
-        from docker.utils.build import create_archive
-
         tag = f"buildenv/{slug(spec.dockerfile.name, 40)}:{self.owner.session}-{key[:12]}"
         self.progress(f"building {tag} from {spec.dockerfile}" + (f" (target {spec.target})" if spec.target else "")
                       + (f" for {spec.platform}" if spec.platform else ""))
+        started = time.monotonic()
+        with build_log(spec.dockerfile, self.progress) as (log_path, step):
+            self._build_with(spec, files, tag, step)
+        self.progress(f"built {tag} in {time.monotonic() - started:.1f} s (its whole log: {log_path})")
+        emit("created", "image", tag, self.owner.session)
+        return tag
+
+    def _build_with(self, spec: BuildSpec, files: list[str], tag: str, step: Progress) -> None:
+        """Build on the engine's builder: buildx on Docker where the CLI has it, else the engine's API."""
+        from docker.utils.build import create_archive
+
         engine = describe(self.client)
         if engine.product == "Docker" and self.endpoint is not None and buildx.cli() is not None:
-            self._buildx(spec, tag)
+            self._buildx(spec, tag, step)
         else:
             self._refuse_what_classic_cannot(spec, f"{engine.product} {engine.version}")
             # Podman takes secrets as files in the context, which it moves out before the build (as podman-remote
@@ -257,11 +270,9 @@ class ImageBuilder:
             context = cast(IO[bytes], create_archive(str(spec.context), files=files, extra_files=extra))
             with context:
                 self._build_classic(spec, context, tag, f"{engine.product} {engine.version}",
-                                    [f"id={name},src={path}" for name, path in secret_files.items()])
-        emit("created", "image", tag, self.owner.session)
-        return tag
+                                    [f"id={name},src={path}" for name, path in secret_files.items()], step)
 
-    def _buildx(self, spec: BuildSpec, tag: str) -> None:
+    def _buildx(self, spec: BuildSpec, tag: str, step: Progress) -> None:
         """BuildKit, through the CLI's buildx plugin, on this engine (DOCKER_HOST) or the named builder. The
         context is the directory itself: buildx sends it through the build's session (read again by a
         `# syntax=` frontend, which a tar on stdin is not), and BuildKit reads `<Dockerfile>.dockerignore`
@@ -269,13 +280,23 @@ class ImageBuilder:
         assert self.endpoint is not None
         docker_cli = buildx.cli()
         assert docker_cli is not None
-        args = buildx.argv(docker_cli, spec, tag, self.owner.labels("image"))
+        # An engine without a default bridge (dockerd --bridge none) starts containers on no network, but its
+        # BuildKit still asks for the bridge ("network bridge not found"): its build steps get none too.
+        network = None if spec.builder or self._has_bridge() else "none"
+        args = buildx.argv(docker_cli, spec, tag, self.owner.labels("image"), network)
         engine = describe(self.client)
-        code, log = buildx.build(args, {"DOCKER_HOST": self.endpoint.url}, self.progress)
+        code, log = buildx.build(args, {"DOCKER_HOST": self.endpoint.url}, step)
         if code != 0:
             raise buildx.failure(spec, log, f"BuildKit on {engine.product} {engine.version}")
 
-    def _build_classic(self, spec: BuildSpec, context: IO[bytes], tag: str, engine: str, secret_args: list[str]) -> None:
+    def _has_bridge(self) -> bool:
+        if self._bridge is None:
+            with daemon_errors("listing the engine's networks", self.client):
+                self._bridge = any(n.name == "bridge" for n in self.client.networks.list(names=["bridge"]))
+        return self._bridge
+
+    def _build_classic(self, spec: BuildSpec, context: IO[bytes], tag: str, engine: str, secret_args: list[str],
+                       step: Progress) -> None:
         """The engine's API build: Podman's builder (buildah), or Docker's classic one where buildx is missing.
         Posted here rather than through the SDK's build(), which has no way to pass Podman's `secrets`."""
 
@@ -299,7 +320,7 @@ class ImageBuilder:
                 if line:
                     log.append(line)
                     if line.strip():
-                        self.progress(line.rstrip())
+                        step(line.rstrip())
 
     def _refuse_what_classic_cannot(self, spec: BuildSpec, engine: str) -> None:
         """What only buildx serves, and (on Docker) what only BuildKit parses, refused before the build."""
@@ -328,6 +349,25 @@ class ImageBuilder:
                                "takes them (Docker with buildx, Podman 4.8 or newer)")
         return ImageBuildError(f"docker build of {spec.dockerfile} failed: {words}; fix the failing step "
                                f"(its output follows)\n{tail(''.join(log))}")
+
+
+# The lines that say which step a build is on: BuildKit's plain progress, the classic builder's, buildah's.
+_STEP_LINE = re.compile(r"^(#\d+ \[|Step \d+/\d+ : |STEP \d+/\d+: )")
+
+
+@contextlib.contextmanager
+def build_log(dockerfile: Path, progress: Progress) -> Iterator[tuple[Path, Progress]]:
+    """Where a build's every line goes: a file per Dockerfile (its latest build's log, named when the
+    build is done), and its step lines to `progress` too, so the terminal says which step it is on."""
+    name = f"{slug(dockerfile.name, 40)}-{hashlib.sha256(str(dockerfile).encode()).hexdigest()[:8]}.log"
+    path = state_root() / "builds" / name
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    with path.open("w") as log:
+        def step(line: str) -> None:
+            log.write(line + "\n")
+            if _STEP_LINE.match(line):
+                progress(line)
+        yield path, step
 
 
 def _chunks(response: Any) -> Iterator[dict[str, Any]]:
