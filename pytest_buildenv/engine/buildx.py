@@ -45,25 +45,31 @@ def cli() -> Optional[str]:
     return docker if done.returncode == 0 else None
 
 
-def secret_flag(name: str, source: str) -> str:
-    """`--secret`'s value for one `secrets` entry: an environment variable's name, or a file.
-    The value itself never reaches our argv or log: buildx reads it and serves it to the build."""
+def secret_source(name: str, source: str) -> tuple[str, str]:
+    """Where one `secrets` entry comes from: ("env", variable) or ("src", file), checked to be there."""
     if _ENV_NAME.match(source):
         if source not in os.environ:
             raise ConfigError(f"secret {name!r} comes from the environment variable {source}, which is not set; "
                               f"export {source}, or map {name} to a file in secrets")
-        return f"id={name},env={source}"
+        return "env", source
     path = Path(source).expanduser()
     if not path.is_file():
         raise ConfigError(f"secret {name!r} comes from the file {path}, which does not exist; create it, or map "
                           f"{name} to an environment variable's name in secrets")
-    return f"id={name},src={path.resolve()}"
+    return "src", str(path.resolve())
+
+
+def secret_flag(name: str, source: str) -> str:
+    """`--secret`'s value for one `secrets` entry. The value itself never reaches our argv or log: buildx
+    reads it and serves it to the build."""
+    kind, where = secret_source(name, source)
+    return f"id={name},{kind}={where}"
 
 
 def secret_value(name: str, source: str) -> str:
     """A secret's value, for an engine that takes secrets as files (Podman's API): read, never logged."""
-    flag = secret_flag(name, source)
-    return os.environ[source] if ",env=" in flag else Path(flag.split(",src=", 1)[1]).read_text()
+    kind, where = secret_source(name, source)
+    return os.environ[where] if kind == "env" else Path(where).read_text()
 
 
 def argv(docker: str, spec: BuildSpec, tag: str, labels: Mapping[str, str], network: Optional[str] = None) -> list[str]:
@@ -128,9 +134,9 @@ def engine_words(log: list[str]) -> str:
 def failure(spec: BuildSpec, log: list[str], engine: str) -> Exception:
     """The one error a failed buildx build becomes."""
     words = engine_words(log)
-    parsed = dockerfile.parse_error(words, spec.dockerfile.read_text(errors="replace"))
-    if parsed is not None:
-        return ConfigError(dockerfile.refusal(spec.dockerfile, parsed[0], parsed[1], engine))
+    refused = dockerfile.refused(spec.dockerfile, words, engine)
+    if refused is not None:
+        return refused
     if NO_BRIDGE in words and dockerfile.has_syntax_line(spec.dockerfile.read_text(errors="replace")):
         # Build steps are given network none there (images.py), but a frontend's own container cannot be.
         return ConfigError(f"{spec.dockerfile}:1: {engine} has no default bridge network (dockerd --bridge none), "

@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+from ..errors import ConfigError
+
 REFERENCE = "https://docs.docker.com/reference/dockerfile/"
 
 # `COPY <<EOF /x`, `RUN <<-"EOT" sh`: a heredoc opens on an instruction line (Dockerfile syntax 1.4).
@@ -74,6 +76,12 @@ def refusal(dockerfile: Path, line: int, words: str, engine: str) -> str:
     else:
         remedy = f"fix that line (the Dockerfile reference: {REFERENCE})"
     return f"{dockerfile}:{line}: {engine} refused the Dockerfile: {words}; {remedy}"
+
+
+def refused(dockerfile: Path, words: str, engine: str) -> Optional[ConfigError]:
+    """The one error an engine's words become when they are a Dockerfile parse error, else None."""
+    parsed = parse_error(words, dockerfile.read_text(errors="replace"))
+    return ConfigError(refusal(dockerfile, parsed[0], parsed[1], engine)) if parsed is not None else None
 
 
 def needs_buildkit(dockerfile: Path, engine: str, fix: str) -> Optional[str]:

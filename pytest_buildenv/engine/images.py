@@ -339,9 +339,9 @@ class ImageBuilder:
 
     @staticmethod
     def _classic_failure(spec: BuildSpec, words: str, log: list[str], engine: str) -> Exception:
-        parsed = dockerfile.parse_error(words, spec.dockerfile.read_text(errors="replace"))
-        if parsed is not None:
-            return ConfigError(dockerfile.refusal(spec.dockerfile, parsed[0], parsed[1], engine))
+        refused = dockerfile.refused(spec.dockerfile, words, engine)
+        if refused is not None:
+            return refused
         heredoc = dockerfile.heredoc_line(spec.dockerfile.read_text(errors="replace"))
         if heredoc is not None and "<<" in words:  # buildah before 1.33 reads `COPY <<EOT` as a file named "<<EOT"
             return ConfigError(f"{spec.dockerfile}:{heredoc}: {engine}'s builder does not take heredocs ({words}); "
