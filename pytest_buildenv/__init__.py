@@ -16,6 +16,7 @@ from .errors import (
     ClusterError,
     CommandTimeout,
     ConfigError,
+    EngineNotAnswering,
     ImageBuildError,
     VMError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ClusterError",
     "CommandTimeout",
     "ConfigError",
+    "EngineNotAnswering",
     "ImageBuildError",
     "Result",
     "Transcript",

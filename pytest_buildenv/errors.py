@@ -26,6 +26,10 @@ class BackendUnavailable(BuildEnvError):
         super().__init__(f"{detail}; {fix}" if fix else detail)
 
 
+class EngineNotAnswering(BackendUnavailable):
+    """The engine is there but does not answer (a stopped or overloaded daemon): nothing more is asked of it."""
+
+
 @dataclass(frozen=True)
 class Check:
     """Whether a kind can run here: the cause when it cannot, and the command that fixes it."""

@@ -13,6 +13,8 @@ import contextlib
 import errno
 import os
 import shutil
+import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
@@ -20,8 +22,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, ClassVar, Optional, Union
 
 from .errors import BuildCommandError, BuildEnvError, CommandTimeout, ConfigError
+from .masking import mask
 from .reproduce import ReproReport, reproduce
-from .result import Artifact, FileInfo, Result, Transcript
+from .result import OUTPUT_LIMIT, Artifact, Capture, FileInfo, Result, Transcript
 from .testinfra_host import host_for
 
 Command = Union[str, Sequence[str]]
@@ -51,8 +54,12 @@ def require_workspace(workspace: Path) -> Path:
 def stat_host(path: Path) -> Optional[FileInfo]:
     try:
         st = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        return None  # a link that never ends (a loop) names no file, as `test -e` says
     return FileInfo(mode=st.st_mode, size=st.st_size, uid=st.st_uid, gid=st.st_gid)
 
 
@@ -72,6 +79,21 @@ def copy_host(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
+def read_pipes(proc: subprocess.Popen[bytes], out: Capture, err: Capture) -> list[threading.Thread]:
+    """A process's stdout and stderr into the captures as they come, one thread each (so neither pipe fills
+    while the other is read); join them once the process is done."""
+    def read(pipe: Any, into: Capture) -> None:
+        with pipe:
+            for chunk in iter(lambda: pipe.read1(1 << 16), b""):
+                into.write(chunk)
+
+    readers = [threading.Thread(target=read, args=(pipe, into), daemon=True, name="buildenv-output")
+               for pipe, into in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    return readers
+
+
 class BuildEnv(ABC):
     """A throwaway environment: run commands in it, look at what they produced."""
 
@@ -86,6 +108,8 @@ class BuildEnv(ABC):
         self.default_timeout = timeout
         self.timeout_scale = 1.0  # an emulated builder's commands take longer: their timeouts are scaled by this
         self.transcript = Transcript()
+        self.secrets: dict[str, str] = {}  # name -> value: every command's variables, masked in its Result
+        self.output_limit = OUTPUT_LIMIT  # bytes of each stream a Result holds; the whole goes to a file
         self.killed_by = ""  # set by _execute when it knows what killed the command (e.g. the OOM killer)
         self._host: Any = None
         # Set by the session that opened this environment: how to open (and close) a fresh one like it.
@@ -97,14 +121,20 @@ class BuildEnv(ABC):
             user: Optional[str] = None) -> Result:
         """Run `cmd` in the workspace. A timeout always raises CommandTimeout."""
         argv = to_argv(cmd)
-        merged_env = {**self.environment, **(env or {})}
+        merged_env = {**self.environment, **self.secrets, **(env or {})}
         limit = timeout if timeout is not None else self.default_timeout
         if limit is not None:
             limit *= self.timeout_scale
         started = time.monotonic()
         self.killed_by = ""
-        exit_code, out, err, timed_out = self._execute(argv, merged_env, self._resolve(cwd), limit, user)
-        result = Result(display(cmd), exit_code, out, err, time.monotonic() - started, timed_out, self.killed_by)
+        out, err = self._capture("stdout"), self._capture("stderr")
+        try:
+            exit_code, timed_out = self._execute(argv, merged_env, self._resolve(cwd), limit, user, out, err)
+        finally:
+            out.close()
+            err.close()
+        result = Result(mask(display(cmd)), exit_code, out.text(), err.text(), time.monotonic() - started, timed_out,
+                        self.killed_by)
         self.transcript.append(result)
         if timed_out:
             assert limit is not None
@@ -113,6 +143,13 @@ class BuildEnv(ABC):
             raise BuildCommandError(result, f"exited {result.exit_code}: no space left on device "
                                             f"({self._space(self.workspace)})")
         return result.check() if check else result
+
+    def _capture(self, stream: str) -> Capture:
+        """Where a command's stream goes: the whole beside the workspace (its test's directory), once it
+        outgrows output_limit, as <workspace>-output/<n>.<stream>."""
+        number = len(self.transcript) + 1
+        return Capture(self.output_limit, lambda: self.workspace.parent / f"{self.workspace.name}-output" /
+                       f"{number}.{stream}")
 
     @staticmethod
     def _space(path: Path) -> str:
@@ -138,9 +175,10 @@ class BuildEnv(ABC):
                                 "free space there, or point --basetemp at a larger filesystem") from None
 
     @abstractmethod
-    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
-                 timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
-        """Run argv; return (exit_code, stdout, stderr, timed_out), killing it on timeout."""
+    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath, timeout: Optional[float],
+                 user: Optional[str], out: Capture, err: Capture) -> tuple[int, bool]:
+        """Run argv, its output into `out` and `err` as it comes; return (exit_code, timed_out), killing it
+        on timeout."""
 
     def _resolve(self, path: Union[str, PurePosixPath, None]) -> PurePosixPath:
         if path is None:
@@ -166,13 +204,17 @@ class BuildEnv(ABC):
 
     # --- files -----------------------------------------------------------
     def host_path(self, path: Union[str, PurePosixPath]) -> Optional[Path]:
-        """The host path of `path` (relative to workdir, or absolute) if it lies in the workspace."""
+        """The host path of `path` (relative to workdir, or absolute) if it lies in the workspace. Not if a
+        link the build made leads out of it: on the host that link would reach the host's files (a build's
+        `out -> /etc/passwd`, read or written here, is the environment's /etc/passwd, reached through it)."""
         resolved = self._resolve(path)
         try:
             relative = resolved.relative_to(self.workdir)
         except ValueError:
             return None
-        return self.workspace / relative
+        host = self.workspace / relative
+        real = Path(os.path.realpath(host))
+        return host if real == self.workspace or self.workspace in real.parents else None
 
     def put(self, host_src: Union[str, os.PathLike[str]], path_in_env: Union[str, PurePosixPath]) -> PurePosixPath:
         """Copy a host file or directory into the environment; return where it landed."""

@@ -20,7 +20,7 @@ from .engine.endpoint import Endpoint, resolve
 from .errors import BuildEnvError
 from .naming import Owner, new_session_id
 from .registry import Registry
-from .reports import SECTION, save_artifacts, transcript_text
+from .reports import SECTION, save_artifacts, shorten, transcript_text
 from .services import Services
 from .session import BuildEnvSession
 from .settings import SettingsLayer, load_config_file, parse_selection
@@ -378,12 +378,17 @@ def vm_clone(request: pytest.FixtureRequest, buildenv_variant: Optional[dict[str
 # --- reports ---------------------------------------------------------------------
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    config = item.config
+    if call.excinfo is not None and config.option.verbose < 1 and not config.getoption("fulltrace", False):
+        shorten(call.excinfo)  # our one line, not the 500 lines of frames and chained errors under it
     outcome: Any = yield
     report = outcome.get_result()
     envs = item.stash.get(ENVS_KEY, None)
     if report.failed:
         _session(item.config).test_failed()
         item.stash[FAILED_KEY] = True
+    if report.when == "teardown" and envs is not None:
+        del item.stash[ENVS_KEY]  # closed, and never read again: a session of 400 tests would hold 400
     if not envs or not report.failed or report.when == "teardown":
         return
     text = transcript_text(envs)

@@ -62,8 +62,10 @@ class Entry:
     ini: tuple[Ini, ...] = ()
 
 
-# Every kind's settings have a timeout; its default is one ini value for all.
+# Every kind's settings have a timeout and an output limit; each default is one ini value for all.
 TIMEOUT = Default("timeout", ini="buildenv_timeout", help="default per-command timeout in seconds")
+OUTPUT_LIMIT = Default("output_limit", ini="buildenv_output_limit",
+                       help="bytes of each output stream a Result holds (default 4194304); the whole goes to a file")
 
 
 # --- what a kind's module provides -------------------------------------------------
@@ -162,7 +164,7 @@ class Registry:
         return next((name for name, entry in self.entries.items() if fixture in entry.fixtures), None)
 
     def defaults(self, name: str) -> tuple[Default, ...]:
-        return (TIMEOUT, *self.entries[name].defaults)
+        return (TIMEOUT, OUTPUT_LIMIT, *self.entries[name].defaults)
 
     def all_ini(self) -> list[Ini]:
         return list({ini.name: ini for entry in self.entries.values() for ini in entry.ini}.values())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from collections.abc import Iterable
+from typing import Any
 
 from .errors import BuildEnvError
 from .handle import BuildEnv
@@ -17,6 +19,32 @@ def transcript_text(envs: Iterable[BuildEnv]) -> str:
     for env in envs:
         parts.append(f"=== {env.kind} environment, workspace {env.workspace}\n{env.transcript.render() or '(no commands run)'}")
     return "\n".join(parts)
+
+
+# Frames of ours and of contextlib (our `with` blocks that turn a library's error into our one line).
+_OWN_FRAMES = (str(Path(__file__).parent), contextlib.__file__)
+
+
+def shorten(excinfo: Any) -> None:
+    """A failure we raise shows the test's own line and our one line: the frames of ours below the test,
+    and the chain (the library's errors, whose words the line already gives), are left out of the report.
+    `-v` or `--fulltrace` shows them (plugin.py)."""
+    if not excinfo.errisinstance(BuildEnvError):
+        return
+    error = excinfo.value
+    error.__cause__ = None
+    error.__suppress_context__ = True
+    # Out of the traceback's own chain (tb_next is writable): pytest rebuilds its view from it.
+    kept, tb = [], excinfo.tb
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_OWN_FRAMES):
+            kept.append(tb)
+        tb = tb.tb_next
+    if not kept:
+        return
+    for entry, after in zip(kept, [*kept[1:], None]):
+        entry.tb_next = after
+    excinfo.traceback = type(excinfo.traceback)(kept[0])
 
 
 def sanitize_test_id(nodeid: str) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import stat
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Callable, Literal, Optional
+from pathlib import Path, PurePosixPath
+from typing import IO, Callable, Literal, Optional, Protocol
 
 from .errors import BuildCommandError, tail
+from .masking import Stream
 
 
 def output_text(data: bytes) -> str:
@@ -16,9 +17,118 @@ def output_text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+class Sink(Protocol):
+    """Where output chunks go as they come (a Capture, or a copy-mode split in front of one)."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def reset(self) -> None: ...  # the stream is sent again, whole
+
+    def data(self) -> bytes: ...  # what is held
+
+
+class Held:
+    """Output held whole in memory: for a kind's own small exchanges (a stat, a file's bytes)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def write(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def reset(self) -> None:
+        self._chunks = []
+
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+OUTPUT_LIMIT = 4 << 20  # bytes of each stream a Result holds (setting output_limit); the rest is in a file
+
+
+class Capture:
+    """One stream of a command's output as it comes, memory bounded whatever it prints: up to `limit` bytes
+    held whole; past that, the head and tail kept (half each) and the whole written to a file, made only then
+    (`spill` names it). Bytes stay bytes until text() (the file is lossless, binary included), and secrets
+    are masked as they come, in the file too (masking.Stream)."""
+
+    def __init__(self, limit: int = OUTPUT_LIMIT, spill: Optional[Callable[[], Path]] = None) -> None:
+        self.limit = max(limit, 2)
+        self._spill = spill
+        self.size = 0
+        self.path: Optional[Path] = None
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._spilled = False
+        self._file: Optional[IO[bytes]] = None
+        self._masked = Stream()
+
+    def write(self, chunk: bytes) -> None:
+        self._hold(self._masked.feed(chunk))
+
+    def _hold(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.size += len(chunk)
+        if not self._spilled:
+            if self.size <= self.limit:
+                self._head += chunk
+                return
+            self._begin_spill()
+        if self._file is not None:
+            self._file.write(chunk)
+        room = self.limit // 2 - len(self._head)
+        if room > 0:  # a first chunk larger than the limit: its start is the head
+            self._head += chunk[:room]
+            chunk = chunk[room:]
+        self._tail += chunk
+        keep = self.limit - len(self._head)
+        if len(self._tail) > keep:
+            del self._tail[:len(self._tail) - keep]
+
+    def _begin_spill(self) -> None:
+        """The output so far into the file; of what is held, the first half stays the head, the rest the tail."""
+        held, half = bytes(self._head), self.limit // 2
+        self._head, self._tail, self._spilled = bytearray(held[:half]), bytearray(held[half:]), True
+        if self._spill is not None:
+            self.path = self._spill()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("wb")
+            self._file.write(held)
+
+    def reset(self) -> None:
+        """Start again (a stream sent once more, whole)."""
+        self.close()
+        self.size, self._head, self._tail, self._file, self._spilled = 0, bytearray(), bytearray(), None, False
+        self._masked = Stream()
+
+    def close(self) -> None:
+        """The output is complete: what the masker held back goes in, and the file is closed."""
+        self._hold(self._masked.flush())
+        if self._file is not None:
+            self._file.close()
+
+    @property
+    def left_out(self) -> int:
+        return self.size - len(self._head) - len(self._tail)
+
+    def data(self) -> bytes:
+        """What is held (all of it, unless it outgrew the limit)."""
+        return bytes(self._head + self._tail)
+
+    def text(self) -> str:
+        self.close()
+        if not self.left_out:
+            return output_text(self.data())
+        where = f"the whole is in {self.path}" if self.path else "it was not kept"
+        return (output_text(bytes(self._head)) + f"\n[buildenv: {self.left_out} bytes of output left out here "
+                f"(output_limit {self.limit}); {where}]\n" + output_text(bytes(self._tail)))
+
+
 @dataclass
 class Result:
-    """What one command did. Output is kept whole; only error messages show a tail."""
+    """What one command did. Output is kept whole up to output_limit per stream, else its head and tail
+    with a line saying how much was left out and where the whole is (Capture); error messages show a tail."""
 
     command: str
     exit_code: int

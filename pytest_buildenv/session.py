@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 from collections.abc import Mapping
 
-from . import kinds
+from . import kinds, masking
 from .errors import BuildEnvError, ConfigError
 from .handle import BuildEnv
 from .naming import Labelled
@@ -153,7 +153,9 @@ class BuildEnvSession:
     def open(self, kind: str, settings: CommonSettings, workspace: Path, test: str = "",
              scratch: Optional[Path] = None) -> BuildEnv:
         started = time.monotonic()
+        secrets = masking.read_all(settings.secrets)  # before anything is made: a missing one is one line
         env = self.manager(kind).open(settings, workspace, TestInfo(test, self._more_tests_coming, scratch))
+        env.secrets, env.output_limit = secrets, settings.output_limit
         self.stats.made[kind] += 1
         self.stats.setup_seconds += time.monotonic() - started
         fresh = (workspace.parent / f"{workspace.name}-again{n}" for n in itertools.count())

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
+from . import masking
 from .errors import ConfigError
+from .result import OUTPUT_LIMIT
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -36,6 +38,20 @@ class CommonSettings:
 
     environment: dict[str, str] = field(default_factory=dict)  # variables for every command
     timeout: Optional[float] = None  # default per-command timeout, seconds
+    # name -> an environment variable's name or a file: each command gets the variable NAME, masked in
+    # everything the plugin writes (masking.py); an image build gets it as RUN --mount=type=secret,id=NAME.
+    secrets: dict[str, str] = field(default_factory=dict)
+    # bytes of each stream a command's Result holds: its head and tail past that, the whole in a file
+    output_limit: int = OUTPUT_LIMIT
+
+    def __post_init__(self) -> None:
+        if self.output_limit < 1024:
+            raise SettingError("output_limit", f"output_limit={self.output_limit} is below 1024 bytes; a Result "
+                                               "must hold a failure's last lines (default 4194304)")
+        for name in self.secrets:
+            if not masking.NAME.match(name):
+                raise SettingError("secrets", f"secrets name {name!r} is not a variable's name; use letters, digits "
+                                              "and '_' (commands get it as $NAME, builds as --mount=type=secret,id=NAME)")
 
 
 class SettingError(ConfigError):

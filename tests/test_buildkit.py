@@ -170,7 +170,7 @@ def test_cache_to_on_a_builder_that_cannot_export_is_one_line(builder, engine, t
 def test_build_settings_are_checked_when_they_load():
     with pytest.raises(SettingError, match=r"platform='arm64' is not a platform; write it as Docker does"):
         ContainerSettings(platform="arm64")
-    with pytest.raises(SettingError, match=r"secrets name 'a token' is not an id BuildKit takes"):
+    with pytest.raises(SettingError, match=r"secrets name 'a token' is not a variable's name"):
         ContainerSettings(secrets={"a token": "TOKEN"})
     with pytest.raises(SettingError, match=r"ssh='default extra' is not an agent BuildKit takes"):
         ContainerSettings(ssh="default extra")

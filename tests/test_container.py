@@ -41,6 +41,37 @@ def test_runs_as_invoking_uid_gid_with_all_supplementary_groups(builder_containe
     assert {int(g) for g in ids[2].split()} == groups
 
 
+# .ci/run makes it: a directory root:docker 0750 and a file in it 0640, open to the docker group alone.
+GROUP_PROBE = Path("/var/lib/buildenv-group-probe")
+
+
+@pytest.fixture
+def group_probe():
+    if not (GROUP_PROBE / "file").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{GROUP_PROBE} is missing; .ci/run makes it", pytrace=False)
+        pytest.skip(f"{GROUP_PROBE} is missing (.ci/run makes it)")
+    if os.getuid() == 0 or GROUP_PROBE.stat().st_gid not in os.getgroups():
+        pytest.skip(f"the suite's user is not in {GROUP_PROBE}'s group, or is root")
+    return GROUP_PROBE
+
+
+@pytest.mark.container(image=GCC, docker_options={"mounts": [f"{GROUP_PROBE}:/probe:ro"]})
+def test_a_file_open_only_to_one_of_your_other_groups(group_probe, request, engine):
+    """What the groups are for: a device or a file open to a group of yours. Rootless engines lose them, as
+    the session header says (test_engines.py)."""
+    try:
+        builder = request.getfixturevalue("builder_container")
+    except pytest.fail.Exception as exc:  # an engine that cannot see this machine's files cannot mount the probe
+        assert "cannot see this machine's files, so bind mounts" in str(exc)
+        return
+    read = builder.run("cat /probe/file")
+    if engine.rootless:
+        assert read.exit_code != 0 and "Permission denied" in read.stderr, read
+    else:
+        assert read.stdout == "open to group docker\n", read
+
+
 def builder_ids(engine) -> tuple[int, int]:
     """Whom builders run as: the invoking user, or root on rootless Docker, where root is the user outside."""
     return (0, 0) if engine.rootless and engine.product == "Docker" else (os.getuid(), os.getgid())

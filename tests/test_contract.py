@@ -47,9 +47,12 @@ def test_timeout_kills_the_command_and_everything_it_started(buildenv):
     assert survivors.stdout.strip() == "0"
 
 
-def test_large_output_is_kept_whole(buildenv):
-    result = buildenv.run("seq 1 200000")
+def test_large_output_is_kept_whole_up_to_the_output_limit(buildenv):
+    result = buildenv.run("seq 1 200000")  # 1.3 MB, under the default 4 MiB
     assert result.stdout.count("\n") == 200000 and result.stdout.endswith("200000\n")
+    past = buildenv.run("seq 1 1000000")  # 6.9 MB: its head and tail, and where the whole is
+    assert past.stdout.startswith("1\n2\n") and past.stdout.endswith("999999\n1000000\n")
+    assert "bytes of output left out here (output_limit 4194304); the whole is in " in past.stdout
 
 
 def test_env_cwd_and_workdir(buildenv):

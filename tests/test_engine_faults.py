@@ -44,7 +44,8 @@ def fault_engine():
     if subprocess.run(["sudo", "-n", CONTROL, "fault", "status"], capture_output=True).returncode != 0:
         missing(f"the fault engine ({CONTROL}, allowed through sudo)")
     yield FAULT_ENGINE
-    control("start")  # whatever the test did to it
+    control("thaw")  # whatever the test did to it
+    control("start")
     assert labelled_on_fault_engine() == [], "a fault test left labelled resources on the fault engine"
 
 
@@ -110,6 +111,85 @@ def test_engine_restarted_mid_run(fault_engine, project, tmp_path, wait_written)
             assert fault_engine in line, out
     assert "INTERNALERROR" not in out and "buildenv: session " in out, out
     assert proc.returncode in (0, 1), out
+
+
+HUNG = """
+import os, pathlib, time
+from pytest_buildenv import BuildEnvError
+
+def test_the_engine_hangs(builder_container):
+    builder_container.run("true", check=True)
+    pathlib.Path(os.environ["READY"]).write_text(builder_container.name)
+    while not pathlib.Path(os.environ["GO"]).exists():
+        time.sleep(0.05)
+    started = time.monotonic()
+    try:
+        builder_container.run("echo hi", timeout=5)
+    except BuildEnvError as exc:
+        said = str(exc).splitlines()[0]
+    else:
+        said = "returned"
+    pathlib.Path(os.environ["TOOK"]).write_text(f"{time.monotonic() - started:.1f}|{said}")
+"""
+
+
+def test_a_command_on_an_engine_that_hangs_returns_within_its_timeout_and_slack(fault_engine, project, tmp_path,
+                                                                                 wait_written):
+    """SIGSTOP on the engine for 40 s: `run("echo hi", timeout=5)` returned after 22.2 s with it stopped for
+    25 s, as soon as it was back; now it gives up after its timeout and KILL_SLACK, in one line."""
+    import time
+
+    from pytest_buildenv.engine.builder import KILL_SLACK
+
+    (project / "test_hung.py").write_text(HUNG)
+    ready, go, took = tmp_path / "ready", tmp_path / "go", tmp_path / "took"
+    proc = session(project, "--buildenv=container", DOCKER_HOST=fault_engine, READY=str(ready), GO=str(go),
+                   TOOK=str(took))
+    wait_written(ready, proc, timeout=120)
+    control("freeze")
+    try:
+        go.write_text("go")
+        deadline = time.monotonic() + 40
+        while not took.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        control("thaw")
+    out = proc.communicate(timeout=300)[0]
+    seconds, said = took.read_text().split("|", 1)
+    print(f"run('echo hi', timeout=5) on a stopped engine: {seconds} s: {said}")
+    assert float(seconds) <= 5 + KILL_SLACK + 5, said  # its timeout, the stated slack, and the engine's own kill
+    assert f"the container engine at {fault_engine} did not answer for 20 s during the command 'sh'" in said, said
+    assert "buildenv: session " in out and "INTERNALERROR" not in out, out
+
+
+LOST = """
+import os, pathlib
+
+def test_loses_its_engine(builder_container):
+    pathlib.Path(os.environ["READY"]).write_text(builder_container.name)
+    builder_container.run("sleep 60")
+"""
+
+
+def test_a_command_that_loses_its_engine_fails_in_a_few_lines(fault_engine, project, tmp_path, wait_written):
+    """The report was 550 lines: FileNotFoundError, urllib3's ProtocolError, requests' ConnectionError,
+    then our line. Now it is the test's line and ours."""
+    (project / "test_lost.py").write_text(LOST)
+    ready = tmp_path / "ready"
+    proc = session(project, "--buildenv=container", DOCKER_HOST=fault_engine, READY=str(ready))
+    wait_written(ready, proc, timeout=120)
+    control("restart")
+    out = proc.communicate(timeout=300)[0]
+    assert outcomes(out) == {"failed": 1}, out
+    failure = out.split("= FAILURES =")[1].split("buildenv transcript")[0]
+    assert 'builder_container.run("sleep 60")' in failure and f"the container engine at {fault_engine}" in failure
+    assert not re.search(r"site-packages|direct cause|During handling", failure), failure  # no frame of theirs, no chain
+    assert len(failure.strip().splitlines()) <= 12, failure
+    assert "INTERNALERROR" not in out and "buildenv: session " in out, out
+    control("start")  # what the session could not remove while the engine was away, a later reap does
+    reaped = subprocess.run([sys.executable, "-m", "pytest_buildenv", "reap"], capture_output=True, text=True,
+                            env={**os.environ, "DOCKER_HOST": fault_engine})
+    assert reaped.returncode == 0 and labelled_on_fault_engine() == [], reaped.stdout + reaped.stderr
 
 
 LAST = """

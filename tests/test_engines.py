@@ -80,6 +80,17 @@ def test_run_as_for_each_engine():
     assert endpoint.run_as(docker, 1001, 1002) == endpoint.RunAs("0:0", extra_groups=False)
 
 
+def test_the_header_says_where_builders_lack_your_groups():
+    podman = endpoint.EngineInfo("Podman", "4.3.1", "1.41", rootless=True)
+    assert endpoint.run_as(podman, 1, 1).groups_said().startswith(
+        "builders have only your primary group: a rootless user namespace holds your own ids alone, and "
+        "Podman's keep-groups is its CLI's")
+    docker = endpoint.EngineInfo("Docker", "25.0", "1.44", rootless=True)
+    assert endpoint.run_as(docker, 1, 1).groups_said().startswith("builders have none of your other groups")
+    rootful = endpoint.EngineInfo("Docker", "20.10", "1.41", rootless=False)
+    assert endpoint.run_as(rootful, 1, 1).groups_said() == ""
+
+
 # --- on the suite's engine ------------------------------------------------------------
 @pytest.mark.container(image=GCC)
 def test_what_a_build_writes_is_the_users_on_this_engine(builder_container, engine):
@@ -110,6 +121,11 @@ def test_session_header_names_the_engine(pytester, engine, suite_endpoint):
     result = pytester.runpytest_subprocess("--buildenv=container", f"--buildenv-engine={suite_endpoint.url}")
     result.stdout.fnmatch_lines([f"buildenv: engine {engine} at {suite_endpoint.url} (from --buildenv-engine); "
                                  "workspaces bind-mounted if it sees them, else copied*"])
+    header = next(line for line in result.stdout.lines if line.startswith("buildenv: engine "))
+    if engine.rootless:  # what its builders lack, said where it is seen (test_container.py reads such a file)
+        assert "; builders have " in header and ": a rootless user namespace holds your own ids alone" in header, header
+    else:
+        assert "groups" not in header, header
 
 
 # --- copy mode: the remote-like engine, and copy forced on the suite's ------------------------

@@ -356,8 +356,11 @@ def test_one_node_cluster_lifecycle_with_an_isolated_kubeconfig(make_cluster, cl
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("KUBECONFIG", raising=False)
     name = f"bt-{new_session_id()}"
-    cluster = make_cluster(name).create()
+    steps: list[str] = []
+    cluster = make_cluster(name, progress=steps.append).create()
     assert [n.name for n in nodes(client, name)] == [f"{name}-control-plane"]
+    # kind's steps, as it went: each started and ended, the wait for the control plane among them
+    assert "✓ Preparing nodes 📦" in steps and any(line.startswith("✓ Waiting ≤ 2m0s for control-plane") for line in steps), steps
     kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
     assert kubeconfig["current-context"] == f"kind-{name}"
     assert cluster.kubeconfig.parent == tmp_path / "state"

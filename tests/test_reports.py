@@ -86,3 +86,40 @@ def test_image_build_progress_shows_without_s_and_hides_with_q(pytester):
     quiet = pytester.runpytest("--buildenv=container", "-q")
     quiet.assert_outcomes(passed=1)
     assert "[buildenv]" not in quiet.stdout.str()
+
+
+SHORT = """
+from pytest_buildenv import BuildEnvError
+
+def test_command_fails(buildenv):
+    buildenv.run("echo compiling; exit 3", check=True)
+
+def test_a_library_failed_under_us(buildenv):
+    try:
+        int("not a number")
+    except ValueError as exc:
+        raise BuildEnvError("the cause; the remedy") from exc
+"""
+
+
+def test_our_failures_are_the_tests_line_and_ours_and_come_back_whole_with_v(pytester):
+    pytester.makepyfile(SHORT)
+    short = pytester.runpytest()
+    short.assert_outcomes(failed=2)
+    out = short.stdout.str()
+    failures = out.split("= FAILURES =")[1]
+    # the test's own line, then ours: no frame of the plugin's, no chained error under it
+    assert 'buildenv.run("echo compiling; exit 3", check=True)' in failures
+    assert "E       pytest_buildenv.errors.BuildCommandError: command 'echo compiling; exit 3' exited 3" in failures
+    assert "pytest_buildenv/handle.py" not in failures and "pytest_buildenv/result.py" not in failures
+    assert "ValueError: invalid literal" not in failures and "direct cause" not in failures, failures
+    whole = pytester.runpytest("-v").stdout.str().split("= FAILURES =")[1]
+    assert "pytest_buildenv/handle.py" in whole and "pytest_buildenv/result.py" in whole
+    assert "ValueError: invalid literal" in whole and "The above exception was the direct cause" in whole
+    assert "pytest_buildenv/handle.py" in pytester.runpytest("--fulltrace").stdout.str()
+
+
+def test_a_bug_of_ours_keeps_its_frames(pytester):
+    pytester.makepyfile("def test_bad_argument(buildenv):\n    buildenv.run(None)\n")
+    out = pytester.runpytest().stdout.str()
+    assert "TypeError" in out and "pytest_buildenv/handle.py" in out  # not ours to hide: it is how to fix it

@@ -107,8 +107,12 @@ def test_missing_base_box_is_one_line(tmp_path):
 
 def test_failed_provisioning_shows_its_output_and_leaves_nothing(tmp_path):
     before = set(domains())
+    steps: list[str] = []
     with pytest.raises(VMError) as raised:
-        GoldenVM(DATA / "broken" / "Vagrantfile", tmp_path).ensure()
+        GoldenVM(DATA / "broken" / "Vagrantfile", tmp_path, progress=steps.append).ensure()
+    # Vagrant's steps reached the terminal as it went; the provisioner's own output only the log.
+    assert any(line.startswith("==> ") and "Running provisioner" in line for line in steps), steps
+    assert not any("provision-step-output" in line for line in steps), steps
     first, *rest = str(raised.value).splitlines()
     assert first.startswith(f"provisioning the golden VM from {DATA / 'broken' / 'Vagrantfile'} failed: ")
     assert "fix the provisioner" in first

@@ -19,7 +19,7 @@ from ..services import Services
 from . import connect, describe_unreachable, engine_lost, not_back, platforms, probe
 from .builder import CACHE_VOLUME, Builder, BuilderSpec, ContainerSettings, host_options
 from .containers import wait_for_removals
-from .endpoint import describe
+from .endpoint import describe, run_as
 from .images import BuildSpec
 from .resources import labelled_resources
 from .shared import Engine
@@ -163,8 +163,10 @@ def engine_check(services: Services, defaults: Mapping[str, Any]) -> Check:
 def engine_header(services: Services) -> str:
     """Which engine, what it is, and how workspaces reach it."""
     endpoint = services.endpoint
-    return (f"engine {describe(connect(endpoint, timeout=10))} at {endpoint.url} (from {endpoint.source}); workspaces "
-            "bind-mounted if it sees them, else copied in and out (setting workspace: bind|copy)")
+    info = describe(connect(endpoint, timeout=10))
+    groups = run_as(info, 0, 0).groups_said()
+    return (f"engine {info} at {endpoint.url} (from {endpoint.source}); workspaces bind-mounted if it sees them, "
+            f"else copied in and out (setting workspace: bind|copy){'; ' + groups if groups else ''}")
 
 
 def caches_held(services: Services) -> str:

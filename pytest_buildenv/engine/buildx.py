@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+from .. import masking
 from ..errors import ConfigError, ImageBuildError, tail
 from . import dockerfile
 
 if TYPE_CHECKING:
     from .images import BuildSpec
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # What buildx and BuildKit put before the reason, outermost first.
 _PREFIXES = ("ERROR: ", "failed to build: ", "failed to solve: ", "rpc error: code = Unknown desc = ",
              "failed to solve with frontend dockerfile.v0: ", "failed to create LLB definition: ")
@@ -45,31 +43,12 @@ def cli() -> Optional[str]:
     return docker if done.returncode == 0 else None
 
 
-def secret_source(name: str, source: str) -> tuple[str, str]:
-    """Where one `secrets` entry comes from: ("env", variable) or ("src", file), checked to be there."""
-    if _ENV_NAME.match(source):
-        if source not in os.environ:
-            raise ConfigError(f"secret {name!r} comes from the environment variable {source}, which is not set; "
-                              f"export {source}, or map {name} to a file in secrets")
-        return "env", source
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"secret {name!r} comes from the file {path}, which does not exist; create it, or map "
-                          f"{name} to an environment variable's name in secrets")
-    return "src", str(path.resolve())
-
-
 def secret_flag(name: str, source: str) -> str:
-    """`--secret`'s value for one `secrets` entry. The value itself never reaches our argv or log: buildx
-    reads it and serves it to the build."""
-    kind, where = secret_source(name, source)
+    """`--secret`'s value for one `secrets` entry. The value itself never reaches our argv: buildx reads it
+    and serves it to the build. We read it too, only so that a step printing it is masked in our log."""
+    masking.read(name, source)
+    kind, where = masking.source(name, source)
     return f"id={name},{kind}={where}"
-
-
-def secret_value(name: str, source: str) -> str:
-    """A secret's value, for an engine that takes secrets as files (Podman's API): read, never logged."""
-    kind, where = secret_source(name, source)
-    return os.environ[where] if kind == "env" else Path(where).read_text()
 
 
 def argv(docker: str, spec: BuildSpec, tag: str, labels: Mapping[str, str], network: Optional[str] = None) -> list[str]:
@@ -111,7 +90,7 @@ def build(args: list[str], engine_env: Mapping[str, str], progress: Callable[[st
     with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip()
+            line = masking.mask(raw.decode("utf-8", errors="replace").rstrip())  # a step may print a secret
             log.append(line)
             if line:
                 progress(line)

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from ..errors import BuildEnvError
+from ..result import Capture
 from .archive import extract_safely
 from .containers import refuses_host_paths
 
@@ -169,20 +170,34 @@ class CopiedWorkspace:
                 archive.addfile(info)
 
     # --- out -----------------------------------------------------------------
-    def pull(self, token: str, stderr: bytes) -> bytes:
-        """Apply the builder's report (behind `token` on the command's stderr); returns the command's own stderr."""
-        own, found, report = stderr.partition(f"\n{token}\n".encode())
-        if not found:  # killed before it reported: the report alone
-            own = report
+    def stderr_of(self, token: str, err: Capture) -> ReportSplit:
+        """Where the wrapped command's stderr goes: its own part to `err`, the builder's report apart."""
+        return ReportSplit(err, f"\n{token}\n".encode())
+
+    def pull(self, token: str, split: ReportSplit) -> None:
+        """Apply the builder's report (behind `token` on the command's stderr, split off by stderr_of)."""
+        split.close()
+        report = split.report
+        if report is None:  # killed before it reported: the report alone
             said = self.channel.run([self.shell, str(SYNC / "sync"), "report"], {"BUILDENV_SYNC": token})
             report = said.partition(f"\n{token}\n".encode())[2]
         changed, _, rest = report.partition(f"{token}-gone\n".encode())
         gone, _, archive = rest.partition(f"{token}-tar\n".encode())
+        self._refuse_newlines(changed.decode("utf-8", "replace").splitlines())
         touched = self._remove(gone.decode("utf-8", "replace").splitlines())
         touched += self._directories(changed.decode("utf-8", "replace").splitlines())
         touched += self._extract(archive)
         self._rescan(touched)
-        return own
+
+    def _refuse_newlines(self, lines: list[str]) -> None:
+        """The builder's listing is a line per entry (type|mode|size|time|name): a name with a newline in it
+        breaks a line in two, and the second part has no fields. Such a name cannot come back this way."""
+        for before, line in zip(["", *lines], lines):
+            if line and line.count("|") < 4:
+                name = before.split("|", 4)[-1]
+                raise BuildEnvError(f"{name!r} and what follows it: a file name with a newline, which a copied "
+                                    "workspace cannot bring back from the builder; rename it in the build, or "
+                                    "bind-mount the workspace (workspace: bind, on an engine that sees this machine)")
 
     def _relative(self, path: str) -> Optional[str]:
         prefix = f"{self.root}/"
@@ -283,3 +298,42 @@ def engine_sees(client: docker.DockerClient, directory: Path, image: str, labels
         probe.rmdir()
     api.remove_container(created["Id"], force=True)
     return True
+
+
+class ReportSplit:
+    """A wrapped command's stderr as it comes: the command's own to its Capture (bounded, whatever it prints),
+    and what follows `marker` (the builder's report: what changed) kept apart, whole, for pull()."""
+
+    def __init__(self, own: Capture, marker: bytes) -> None:
+        self.own, self.marker = own, marker
+        self.report: Optional[bytes] = None
+        self._after: Optional[bytearray] = None
+        self._pending = b""  # what could be the start of the marker
+
+    def write(self, chunk: bytes) -> None:
+        if self._after is not None:
+            self._after += chunk
+            return
+        data = self._pending + chunk
+        at = data.find(self.marker)
+        if at >= 0:
+            self.own.write(data[:at])
+            self._after, self._pending = bytearray(data[at + len(self.marker):]), b""
+            return
+        cut = max(0, len(data) - (len(self.marker) - 1))
+        self.own.write(data[:cut])
+        self._pending = data[cut:]
+
+    def close(self) -> None:
+        if self._after is None:
+            self.own.write(self._pending)
+            self._pending = b""
+        else:
+            self.report = bytes(self._after)
+
+    def reset(self) -> None:
+        self.own.reset()
+        self.report, self._after, self._pending = None, None, b""
+
+    def data(self) -> bytes:
+        return self.own.data()

@@ -117,6 +117,18 @@ class RunAs:
     extra_groups: bool  # whether the user's other groups can be added (they exist in the container's id space)
     userns: Optional[str] = None  # the container's user namespace mode
 
+    def groups_said(self) -> str:
+        """What the session header says of a builder's groups where they are not all of the user's."""
+        if self.userns == "keep-id":
+            # Measured on Podman 4.3.1: its API takes GroupAdd "keep-groups" for a group's name ("Unable to
+            # find group keep-groups") and drops HostConfig.Annotations; the CLI alone turns it into crun's
+            # run.oci.keep_original_groups annotation, and refuses it in remote mode.
+            return ("builders have only your primary group: a rootless user namespace holds your own ids "
+                    "alone, and Podman's keep-groups is its CLI's (its API does not take it)")
+        if not self.extra_groups:
+            return "builders have none of your other groups: a rootless user namespace holds your own ids alone"
+        return ""
+
 
 def run_as(info: EngineInfo, uid: int, gid: int) -> RunAs:
     if info.rootless and info.product == "Podman":

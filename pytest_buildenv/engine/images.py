@@ -25,13 +25,15 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional, cast
+from typing import IO, TYPE_CHECKING, Any, Optional, cast
 from collections.abc import Iterable, Iterator
 
 from . import buildx, daemon_errors, dockerfile
+from .. import masking
 from ..events import emit
 from ..errors import ConfigError, ImageBuildError, tail
 from ..naming import LABEL_CACHE, Owner, slug
+from ..progress import Progress
 from ..sharing import SharedState, state_root
 from .containers import remove_container, start_idle_container
 from .endpoint import Endpoint, describe
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 # The Dockerfile travels in the context under this name, wherever it lives on disk.
 INJECTED_DOCKERFILE = ".buildenv.Dockerfile"
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,7 @@ class ImageBuilder:
             # sends them); the archive is a temporary file, removed when the build is done.
             secret_files = {name: f".buildenv-secret-{secrets.token_hex(8)}" for name in spec.secrets}
             extra = [(INJECTED_DOCKERFILE, spec.dockerfile.read_text())]
-            extra += [(secret_files[name], buildx.secret_value(name, source)) for name, source in spec.secrets.items()]
+            extra += [(secret_files[name], masking.read(name, source)) for name, source in spec.secrets.items()]
             if spec.ignore_file() not in (None, spec.context / ".dockerignore"):
                 files = [f for f in files if f != ".dockerignore"]  # buildah would apply it too, over the one that won
             # docker's stubs call the archive a _Fileobj; it is a temporary file of bytes.
@@ -314,9 +315,9 @@ class ImageBuilder:
                 raise self._classic_failure(spec, _message(response), log, engine)
             for chunk in _chunks(response):
                 if "error" in chunk:
-                    log.append(chunk["error"])
-                    raise self._classic_failure(spec, chunk["error"].strip(), log, engine)
-                line = chunk.get("stream", "")
+                    log.append(masking.mask(chunk["error"]))
+                    raise self._classic_failure(spec, log[-1].strip(), log, engine)
+                line = masking.mask(chunk.get("stream", ""))  # a step may print a secret
                 if line:
                     log.append(line)
                     if line.strip():

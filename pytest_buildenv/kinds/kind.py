@@ -46,6 +46,7 @@ from ..events import emit
 from ..handle import BuildEnv
 from ..kube import REMEDIES, pod_not_ready
 from ..naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_SESSION, PREFIX, Labelled, Owner
+from ..progress import KIND_STEP, Progress, follow
 from ..registry import KindSpec, SessionEnd, TestInfo
 from ..result import Result
 from ..services import Services
@@ -66,6 +67,7 @@ class KindSettings(CommonSettings):
 
     def __post_init__(self) -> None:
         """The cluster's name and config, checked as settings load (a config file is read once per process)."""
+        super().__post_init__()
         try:
             if self.cluster:
                 validate_name(self.cluster)
@@ -131,16 +133,21 @@ def kind_environment(endpoint: Endpoint) -> dict[str, str]:
     return endpoint.cli_environment
 
 
-def _run(argv: Sequence[str], *, timeout: Optional[float] = None, env: Optional[Mapping[str, str]] = None) -> Result:
+def _run(argv: Sequence[str], *, timeout: Optional[float] = None, env: Optional[Mapping[str, str]] = None,
+         stderr_log: Optional[Path] = None) -> Result:
+    """Run a CLI; its stderr to `stderr_log` if given (so progress.follow can read it as it comes)."""
     started = time.monotonic()
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
+        with contextlib.ExitStack() as stack:
+            err = stack.enter_context(stderr_log.open("w")) if stderr_log else subprocess.PIPE
+            proc = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout,
+                                  env={**os.environ, **(env or {})})
     except FileNotFoundError as exc:
         raise ClusterError(f"{argv[0]} not found; install it or point the plugin at it (--kind-bin)") from exc
     except subprocess.TimeoutExpired as exc:
         raise ClusterError(f"{' '.join(argv[:3])} timed out after {timeout:g} s") from exc
-    return Result(" ".join(argv), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+    stderr = stderr_log.read_text(errors="replace") if stderr_log else proc.stderr
+    return Result(" ".join(argv), proc.returncode, proc.stdout, stderr, time.monotonic() - started)
 
 
 def _last_error(result: Result) -> str:
@@ -170,7 +177,7 @@ class KindCluster:
     def __init__(self, name: str, state_dir: Path, *, kind_bin: str = "kind", image: Optional[str] = None,
                  config: Union[Path, Mapping[str, Any], None] = None, wait: str = "120s", reuse: bool = False,
                  kubectl_bin: str = "kubectl", helm_bin: str = "helm", owner: Optional[Owner] = None,
-                 client: Optional[docker.DockerClient] = None) -> None:
+                 client: Optional[docker.DockerClient] = None, progress: Optional[Progress] = None) -> None:
         self.name = validate_name(name)
         self.state_dir = Path(state_dir)
         self.kind_bin, self.kubectl_bin, self.helm_bin = kind_bin, kubectl_bin, helm_bin
@@ -179,6 +186,7 @@ class KindCluster:
         self.kubeconfig = self.state_dir / f"kubeconfig-{name}"
         self.owner = owner
         self.client = client
+        self.progress = progress  # kind's step lines as it creates the cluster
         self.endpoint = endpoint_of(client) if client is not None else resolve()  # the engine kind drives
         self._api: Any = None
 
@@ -203,7 +211,7 @@ class KindCluster:
         # Before creating: a SIGKILL mid-create still leaves something to reap. A shadow that is
         # already there is another cluster's of this name (kind refuses the clash): never ours to remove.
         shadowed = self._shadow()
-        result = self._kind(*argv)
+        result = self._kind(*argv, steps=True)
         if not result.ok:
             if shadowed:
                 self._unshadow()
@@ -234,8 +242,14 @@ class KindCluster:
     def __exit__(self, *exc: object) -> None:
         self.delete()
 
-    def _kind(self, *args: str, timeout: Optional[float] = 900) -> Result:
-        return _run([self.kind_bin, *args], timeout=timeout, env=kind_environment(self.endpoint))
+    def _kind(self, *args: str, timeout: Optional[float] = 900, steps: bool = False) -> Result:
+        """kind; with `steps`, its status lines (which node step, the wait for Ready) go to progress as they come."""
+        argv, env = [self.kind_bin, *args], kind_environment(self.endpoint)
+        if not steps or self.progress is None:
+            return _run(argv, timeout=timeout, env=env)
+        log = self.state_dir / f"kind-{args[0]}-{self.name}.log"
+        with follow(log, self.progress, KIND_STEP):
+            return _run(argv, timeout=timeout, env=env, stderr_log=log)
 
     # The labelled volume that lets the reaper find a cluster whose owner died, and delete it as this
     # process would: with kind, its provider and the kubeconfig that holds the cluster's entries.
@@ -544,7 +558,8 @@ class Clusters:
         """A handle on a session cluster; `settings` only matter to the process that creates it."""
         options: dict[str, Any] = {}
         if settings is not None:
-            options = {"image": settings.image, "config": settings.config, "wait": settings.wait}
+            options = {"image": settings.image, "config": settings.config, "wait": settings.wait,
+                       "progress": self.services.progress}
         # Clusters belong to the process that outlives every worker.
         return KindCluster(name, self.services.shared.directory, kind_bin=kind_bin, reuse=reuse,
                            owner=self.services.session_owner, client=self.client, **options)

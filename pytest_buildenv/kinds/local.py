@@ -6,6 +6,7 @@ manager, a tooling check, and the KIND entry the registry imports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,9 +16,9 @@ from typing import Any, Optional
 from collections.abc import Mapping
 
 from ..errors import ConfigError
-from ..handle import BuildEnv, copy_host, stat_host
+from ..handle import BuildEnv, copy_host, read_pipes, stat_host
 from ..registry import Check, KindSpec, Services, SessionEnd, TestInfo
-from ..result import FileInfo, output_text
+from ..result import Capture, FileInfo
 from ..settings import CommonSettings
 
 
@@ -44,30 +45,33 @@ class LocalEnv(BuildEnv):
         # On the host, the workdir *is* the workspace.
         self.workdir = PurePosixPath(self.workspace)
 
-    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
-                 timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
+    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath, timeout: Optional[float],
+                 user: Optional[str], out: Capture, err: Capture) -> tuple[int, bool]:
         try:
             # A session of its own, so a timeout kills everything the command started.
             proc = subprocess.Popen(argv, cwd=str(cwd), env={**os.environ, **env},
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     start_new_session=True, user=user)
         except FileNotFoundError as exc:
-            return 127, "", f"{exc.strerror}: {exc.filename}\n", False
+            err.write(f"{exc.strerror}: {exc.filename}\n".encode())
+            return 127, False
         except PermissionError as exc:
             if user is not None:
                 raise ConfigError(f"run(user={user!r}) on the local kind needs root; drop user= or run as root") from exc
-            return 126, "", f"{exc.strerror}: {exc.filename}\n", False
+            err.write(f"{exc.strerror}: {exc.filename}\n".encode())
+            return 126, False
+        readers = read_pipes(proc, out, err)
+        timed_out = False
         try:
-            out, err = proc.communicate(timeout=timeout)
-            timed_out = False
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            try:
-                out, err = proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:  # something escaped the group and holds the pipes
-                out, err = b"", b""
             timed_out = True
-        return proc.returncode, output_text(out), output_text(err), timed_out
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        for reader in readers:
+            reader.join(5)  # past that, something escaped the group and holds the pipes: its output is cut
+        return proc.returncode if proc.returncode is not None else -9, timed_out
 
     # The whole host filesystem is reachable, so "outside the workspace" is just the host.
     def _stat_outside(self, path: PurePosixPath) -> Optional[FileInfo]:

@@ -31,6 +31,7 @@ from ...engine.builder import KILL_MARKED
 from ...engine.copied import SYNC, SYNC_SCRIPT
 from ...errors import BackendUnavailable, BuildEnvError
 from ...kube import api_error, gone, kubernetes_client, unreachable
+from ...result import Held, Sink
 
 TOOLS = SYNC / "bin"  # the helper's static busybox and its applets
 AGENT = SYNC / "agent"
@@ -105,8 +106,10 @@ class Agent:
         self._exec_api: tuple[Any, Any] = (None, None)  # (the api it was made from, the exec streams' client)
 
     def run(self, argv: list[str], env: Mapping[str, str], cwd: PurePosixPath, stdin: Optional[bytes] = None,
-            timeout: Optional[float] = None) -> tuple[int, bytes, bytes, bool]:
-        """argv under the agent: (exit code, stdout, stderr, timed out)."""
+            timeout: Optional[float] = None, out: Optional[Sink] = None,
+            err: Optional[Sink] = None) -> tuple[int, bytes, bytes, bool]:
+        """argv under the agent: (exit code, stdout, stderr, timed out); the output goes to `out` and `err` as
+        it comes if given (what they hold is returned)."""
         marker = secrets.token_hex(8)
         lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in {**env, "BUILDENV_EXEC": marker}.items())
         data = _tar([("env", lines.encode()), *([("stdin", stdin)] if stdin is not None else [])])
@@ -115,14 +118,15 @@ class Agent:
         argv = [str(TOOLS / "sh"), str(AGENT), "run", run, str(len(data)), hashlib.sha256(data).hexdigest(), str(cwd),
                 forget, *argv]
         for attempt in (1, 2):  # a run whose copy arrived short, or that never started, is sent again, once
-            code, out, err, timed_out = self.exchange(argv, data, timeout, marker,
-                                                      again=[str(TOOLS / "sh"), str(AGENT), "wait", run])
-            if not (code == 125 and err.startswith(b"buildenv: ")):
+            code, said, complaint, timed_out = self.exchange(argv, data, timeout, marker, out=out, err=err,
+                                                             again=[str(TOOLS / "sh"), str(AGENT), "wait", run])
+            if not (code == 125 and complaint.startswith(b"buildenv: ")):
                 break
-            if attempt == 2 or not (b"stdin arrived" in err or b"buildenv: no run" in err):
-                raise BuildEnvError(f"{self.pod.name}: {err.decode(errors='replace').strip()}; run the command again")
+            if attempt == 2 or not (b"stdin arrived" in complaint or b"buildenv: no run" in complaint):
+                raise BuildEnvError(f"{self.pod.name}: {complaint.decode(errors='replace').strip()}; "
+                                    "run the command again")
         self._finished.append(run)
-        return code, out, err, timed_out
+        return code, said, complaint, timed_out
 
     def unpack(self, archive: bytes, directory: PurePosixPath) -> None:
         argv = [str(TOOLS / "sh"), str(AGENT), "unpack", secrets.token_hex(8), str(len(archive)),
@@ -133,15 +137,19 @@ class Agent:
                                 f"{err.decode(errors='replace').strip()[-300:] or f'exit {code}'}")
 
     def exchange(self, argv: list[str], data: Optional[bytes], timeout: Optional[float], marker: str,
-                 again: Optional[list[str]] = None, sink: Optional[IO[bytes]] = None) -> tuple[int, bytes, bytes, bool]:
-        """One exec: `data` on stdin, (exit code, stdout, stderr, timed out) back (stdout into `sink` if given).
-        On timeout the marked processes are killed (the pod deleted if they cannot be); a stream that
-        drops is opened again as `again`, which prints the whole output."""
+                 again: Optional[list[str]] = None, sink: Optional[IO[bytes]] = None, out: Optional[Sink] = None,
+                 err: Optional[Sink] = None) -> tuple[int, bytes, bytes, bool]:
+        """One exec: `data` on stdin, (exit code, stdout, stderr, timed out) back (stdout into `sink` if given;
+        into `out` and `err` as it comes if given, and what they hold returned). On timeout the marked
+        processes are killed (the pod deleted if they cannot be); a stream that drops is opened again as
+        `again`, which prints the whole output."""
         deadline = time.monotonic() + timeout if timeout is not None else None
         timed_out, lost_since = False, None
+        out = out if out is not None else Held()
+        err = err if err is not None else Held()
         while True:
-            out: list[bytes] = []
-            err: list[bytes] = []
+            out.reset()
+            err.reset()
             try:
                 ws = self._stream(argv, stdin=data is not None)
                 lost_since = None  # the server answers again: a later drop gets its own wait
@@ -159,12 +167,12 @@ class Agent:
                 if timed_out or again is None or not self._kill(marker):  # killed, and still not done
                     self.pod.delete()
                     self.killed_by = "its pod, deleted: the command could not be ended inside it"
-                    return -9, b"".join(out), b"".join(err), True
+                    return -9, out.data(), err.data(), True
                 timed_out, deadline = True, time.monotonic() + 10
                 argv, data, sink = again, None, _rewind(sink)  # the killed run's output, all of it
                 continue
             if status is not None:
-                return _exit_code(status), b"".join(out), b"".join(err), timed_out
+                return _exit_code(status), out.data(), err.data(), timed_out
             # The stream dropped before the exit code came: the run goes on in the pod.
             if again is None:
                 raise BackendUnavailable(f"the exec stream to {self.pod.name} dropped mid-copy",
@@ -188,7 +196,7 @@ class Agent:
                       _preload_content=False, binary=True)
 
     @staticmethod
-    def _drain(ws: Any, out: list[bytes], err: list[bytes], sink: Optional[IO[bytes]],
+    def _drain(ws: Any, out: Sink, err: Sink, sink: Optional[IO[bytes]],
                deadline: Optional[float]) -> Any:
         """The stream into out/err (stdout into `sink`, if given) until it closes: its status; None when it
         closed without one (it dropped); _Deadline when `deadline` came first. Channels are emptied as
@@ -203,7 +211,7 @@ class Agent:
                     if chunk and channel == 1 and sink is not None:
                         sink.write(chunk)
                     elif chunk:
-                        into.append(chunk)
+                        into.write(chunk)
                 status += ws._channels.pop(3, b"")
                 if deadline is not None and time.monotonic() >= deadline and not status:
                     return _Deadline()
@@ -215,7 +223,7 @@ class Agent:
         """Kill the marked processes; False when that could not be done (no process can start, say)."""
         try:
             ws = self._stream([str(TOOLS / "sh"), "-c", f"PATH={TOOLS}:$PATH; {KILL_MARKED}", "sh", marker], stdin=False)
-            return isinstance(self._drain(ws, [], [], None, time.monotonic() + 10), dict)
+            return isinstance(self._drain(ws, Held(), Held(), None, time.monotonic() + 10), dict)
         except Exception:
             return False
 

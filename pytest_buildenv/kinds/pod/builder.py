@@ -18,7 +18,7 @@ from ...events import emit
 from ...handle import BuildEnv
 from ...kube import GONE_ALREADY, api_error, call, gone, kubernetes_client, pod_not_ready, unreachable
 from ...naming import Owner
-from ...result import FileInfo, output_text
+from ...result import Capture, FileInfo
 from .agent import TOOLS, Agent
 from .spec import WORKDIR, PodSettings, manifest
 
@@ -122,8 +122,8 @@ class PodEnv(BuildEnv):
             emit("removed", "pod", self.name, self.owner.session, kind=self.kind)
 
     # --- running ---------------------------------------------------------
-    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
-                 timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
+    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath, timeout: Optional[float],
+                 user: Optional[str], out: Capture, err: Capture) -> tuple[int, bool]:
         if user is not None:
             raise ConfigError(f"run(user={user!r}) cannot apply to a pod: Kubernetes runs every exec as the pod's "
                               "user (the invoking user); drop user=")
@@ -132,10 +132,11 @@ class PodEnv(BuildEnv):
         argv, token, stdin = self.copied.command(argv)
         env = {**env, "BUILDENV_SYNC": token, "BUILDENV_TOOLS": str(TOOLS), **({"BUILDENV_SYNC_IN": "1"} if stdin else {})}
         self.agent.killed_by = ""
-        code, out, err, timed_out = self.agent.run(argv, env, cwd, stdin, timeout)
+        split = self.copied.stderr_of(token, err)  # the builder's report follows the command's own stderr
+        code, _, _, timed_out = self.agent.run(argv, env, cwd, stdin, timeout, out=out, err=split)
         self.killed_by = self.agent.killed_by
-        stderr = output_text(self.copied.pull(token, err))
-        return code, output_text(out), stderr, timed_out
+        self.copied.pull(token, split)
+        return code, timed_out
 
     # --- files outside /work ---------------------------------------------
     def _stat_outside(self, path: PurePosixPath) -> Optional[FileInfo]:

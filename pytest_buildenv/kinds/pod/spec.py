@@ -63,6 +63,7 @@ class PodSettings(CommonSettings):
     pids: Optional[int] = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key, why in REFUSED.items():
             if getattr(self, key) not in (None, False, (), {}):
                 raise SettingError(key, f"{key} cannot apply to a pod: {why}")

@@ -62,6 +62,7 @@ class VMSettings(CommonSettings):
     reset: Literal["destroy", "snapshot"] = "destroy"  # snapshot: one clone per process, restored between tests
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.vagrantfile is not None and not self.vagrantfile.is_file():
             raise SettingError("vagrantfile", f"Vagrantfile {self.vagrantfile} not found; fix vagrantfile= "
                                               "(or --vagrantfile)")

@@ -3,6 +3,7 @@ reused SSH connection, files by scp."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shlex
@@ -15,9 +16,9 @@ from collections.abc import Mapping
 
 from ...errors import BuildCommandError, VMError, tail
 from ...events import emit
-from ...handle import BuildEnv
+from ...handle import BuildEnv, read_pipes
 from ...naming import Owner
-from ...result import FileInfo, output_text
+from ...result import Capture, FileInfo, output_text
 from .libvirt import DESCRIPTION_MARK, LABEL_BOX, destroy_domain
 from .vagrant import _fail, _vagrant
 
@@ -115,11 +116,15 @@ end
         if self._control is not None and self._control.exists():
             subprocess.run([*self._ssh()[:-1], "-O", "exit", "default"], capture_output=True, timeout=30)
 
-    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath,
-                 timeout: Optional[float], user: Optional[str]) -> tuple[int, str, str, bool]:
+    def _execute(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath, timeout: Optional[float],
+                 user: Optional[str], out: Capture, err: Capture) -> tuple[int, bool]:
         command = shlex.join(argv)
-        if env:
-            command = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " + command
+        # The variables travel on ssh's stdin, read by the innermost shell: never in an argv, which any
+        # process of the host or the guest can list (a secret may be among them). Read through fd 0 (cat),
+        # not by reopening /dev/stdin, which another user (user=, through sudo) may not open.
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+        if exports:
+            command = f'eval "$(cat)" && {command}'
         if user:
             command = f"sudo -u {shlex.quote(user)} -- sh -c {shlex.quote(command)}"
         if timeout is not None:
@@ -129,14 +134,21 @@ end
         # take the SSH session down with it (ssh exits 255 instead of the command's status).
         remote = f"cd {shlex.quote(str(cwd))} && {command}; exit $?"
         started = time.monotonic()
-        proc = subprocess.run(self._ssh(remote), capture_output=True)
-        if proc.returncode == 255:  # ssh's own failure: the command's status never came back
-            raise VMError(f"SSH to clone {self.name} failed ({output_text(proc.stderr).strip()[-200:] or 'no message'}); "
+        proc = subprocess.Popen(self._ssh(remote), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        readers = read_pipes(proc, out, err)
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError), proc.stdin:
+            proc.stdin.write(exports.encode())
+        code = proc.wait()
+        for reader in readers:
+            reader.join()
+        if code == 255:  # ssh's own failure: the command's status never came back
+            said = output_text(err.data()).strip()[-200:]
+            raise VMError(f"SSH to clone {self.name} failed ({said or 'no message'}); "
                           f"is the VM up? its console log is {self.console_log}")
         # timeout(1) exits 124, or 137 when KILL reaches it too; a command may exit so itself, hence the clock
-        timed_out = (timeout is not None and proc.returncode in (124, 137)
-                     and time.monotonic() - started >= timeout)
-        return proc.returncode, output_text(proc.stdout), output_text(proc.stderr), timed_out
+        timed_out = timeout is not None and code in (124, 137) and time.monotonic() - started >= timeout
+        return code, timed_out
 
     def host_path(self, path: Any) -> None:
         return None  # nothing in the VM is shared with the host: every file moves by scp

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from ...errors import ConfigError, VMError
 from ...naming import LABEL_CACHE, LABEL_HOST, LABEL_PID, LABEL_SESSION, Labelled, Owner, new_session_id
+from ...progress import VAGRANT_STEP, Progress, follow
 from ...services import Services
 from ...sharing import state_root
 from .clone import VMClone
@@ -84,7 +85,7 @@ class GoldenVM:
     """The user's Vagrantfile, provisioned once and frozen into a box (cached by content)."""
 
     def __init__(self, vagrantfile: Path, state_dir: Path, *, provider: str = "libvirt",
-                 progress: Any = None, machine: Optional[str] = None, inputs: tuple[str, ...] = ()) -> None:
+                 progress: Optional[Progress] = None, machine: Optional[str] = None, inputs: tuple[str, ...] = ()) -> None:
         self.vagrantfile = Path(vagrantfile).resolve()
         if not self.vagrantfile.is_file():
             raise ConfigError(f"Vagrantfile {self.vagrantfile} not found; fix vagrantfile= (or --vagrantfile)")
@@ -136,22 +137,8 @@ class GoldenVM:
         self.progress(f"provisioning golden VM {name} from {self.vagrantfile} (log: {log})")
         started = time.monotonic()
         try:
-            try:
-                machine.up(vm_name=name, provider=self.provider)
-            except subprocess.CalledProcessError:
-                raise _fail(f"provisioning the golden VM from {self.vagrantfile}", log,
-                            "fix the provisioner or the box (the log follows)") from None
-            # What clones must not share: the machine id (and so their DHCP identity).
-            ssh_cfg = work / "ssh.cfg"
-            ssh_cfg.write_text(machine.ssh_config(vm_name=name))
-            subprocess.run(["ssh", "-F", str(ssh_cfg), name, "sudo truncate -s0 /etc/machine-id; sync"],
-                           capture_output=True, timeout=120)
-            box_file = work / "golden.box"
-            try:
-                self._package(work, log, box_file)
-                _vagrant(work, log).box_add(self.box, str(box_file), provider=self.provider, force=True)
-            except subprocess.CalledProcessError:
-                raise _fail(f"packaging the golden VM into {self.box}", log) from None
+            with follow(log, self.progress, VAGRANT_STEP):  # Vagrant's step lines, as it goes
+                self._up_and_package(machine, work, log)
             self.progress(f"golden box {self.box} ready in {time.monotonic() - started:.0f} s")
         finally:
             with contextlib.suppress(subprocess.CalledProcessError):
@@ -159,6 +146,25 @@ class GoldenVM:
             shutil.rmtree(work, ignore_errors=True)
         record_golden(self)
         prune_goldens(self.vagrantfile, keep=self.keep, progress=self.progress)
+
+    def _up_and_package(self, machine: Any, work: Path, log: Path) -> None:
+        name = self.machine.name
+        try:
+            machine.up(vm_name=name, provider=self.provider)
+        except subprocess.CalledProcessError:
+            raise _fail(f"provisioning the golden VM from {self.vagrantfile}", log,
+                        "fix the provisioner or the box (the log follows)") from None
+        # What clones must not share: the machine id (and so their DHCP identity).
+        ssh_cfg = work / "ssh.cfg"
+        ssh_cfg.write_text(machine.ssh_config(vm_name=name))
+        subprocess.run(["ssh", "-F", str(ssh_cfg), name, "sudo truncate -s0 /etc/machine-id; sync"],
+                       capture_output=True, timeout=120)
+        box_file = work / "golden.box"
+        try:
+            self._package(work, log, box_file)
+            _vagrant(work, log).box_add(self.box, str(box_file), provider=self.provider, force=True)
+        except subprocess.CalledProcessError:
+            raise _fail(f"packaging the golden VM into {self.box}", log) from None
 
     def _package(self, work: Path, log: Path, box_file: Path) -> None:
         """`vagrant package`, carrying what the base box carried: its Vagrantfile (provider settings; the
@@ -204,7 +210,7 @@ def golden_records() -> list[dict[str, Any]]:
     return records
 
 
-def prune_goldens(vagrantfile: Path, keep: int, progress: Any = None) -> list[str]:
+def prune_goldens(vagrantfile: Path, keep: int, progress: Optional[Progress] = None) -> list[str]:
     """Keep the newest `keep` golden boxes of this Vagrantfile; older ones go, unless a clone uses one."""
     mine = sorted((r for r in golden_records() if r.get("vagrantfile") == str(vagrantfile)),
                   key=lambda r: float(r.get("created", 0)), reverse=True)
