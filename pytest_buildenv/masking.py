@@ -45,7 +45,11 @@ def source(name: str, where: str) -> tuple[str, str]:
 
 def read(name: str, where: str) -> str:
     """A secret's value (masked from now on in this process); never logged."""
-    kind, origin = source(name, where)
+    return read_from(*source(name, where))
+
+
+def read_from(kind: str, origin: str) -> str:
+    """The value at a source() (masked from now on in this process)."""
     value = os.environ[origin] if kind == "env" else Path(origin).read_text()
     add(value)
     return value

@@ -53,7 +53,7 @@ class Capture:
     are masked as they come, in the file too (masking.Stream)."""
 
     def __init__(self, limit: int = OUTPUT_LIMIT, spill: Optional[Callable[[], Path]] = None) -> None:
-        self.limit = max(limit, 2)
+        self.limit = limit  # settings hold output_limit at 1024 or more
         self._spill = spill
         self.size = 0
         self.path: Optional[Path] = None

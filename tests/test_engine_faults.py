@@ -71,6 +71,20 @@ def wait_lines(path: Path, count: int, proc: subprocess.Popen[str], wait_written
         time.sleep(0.05)
 
 
+def frozen_until(go: Path, seen: Path, within: float) -> None:
+    """Stop the fault engine, tell the session to go on, and wake the engine once `seen` is written."""
+    import time
+
+    control("freeze")
+    try:
+        go.write_text("go")
+        deadline = time.monotonic() + within
+        while not seen.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        control("thaw")
+
+
 def outcomes(out: str) -> dict[str, int]:
     last = out.strip().splitlines()[-1]
     return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|errors?)", last)}
@@ -137,7 +151,6 @@ def test_a_command_on_an_engine_that_hangs_returns_within_its_timeout_and_slack(
                                                                                  wait_written):
     """SIGSTOP on the engine for 40 s: `run("echo hi", timeout=5)` returned after 22.2 s with it stopped for
     25 s, as soon as it was back; now it gives up after its timeout and KILL_SLACK, in one line."""
-    import time
 
     from pytest_buildenv.engine.builder import KILL_SLACK
 
@@ -146,14 +159,7 @@ def test_a_command_on_an_engine_that_hangs_returns_within_its_timeout_and_slack(
     proc = session(project, "--buildenv=container", DOCKER_HOST=fault_engine, READY=str(ready), GO=str(go),
                    TOOK=str(took))
     wait_written(ready, proc, timeout=120)
-    control("freeze")
-    try:
-        go.write_text("go")
-        deadline = time.monotonic() + 40
-        while not took.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        control("thaw")
+    frozen_until(go, took, within=40)
     out = proc.communicate(timeout=300)[0]
     seconds, said = took.read_text().split("|", 1)
     print(f"run('echo hi', timeout=5) on a stopped engine: {seconds} s: {said}")
@@ -225,6 +231,41 @@ def test_engine_gone_at_the_end_a_wait_that_runs_out_and_a_later_reap(fault_engi
     reaped = subprocess.run([sys.executable, "-m", "pytest_buildenv", "reap"], capture_output=True, text=True,
                             env={**os.environ, "DOCKER_HOST": fault_engine})
     assert reaped.returncode == 0 and "remove: container" in reaped.stdout, reaped.stdout + reaped.stderr
+
+
+SETUP_SEEN = """
+import os, pathlib
+
+def pytest_runtest_logreport(report):
+    if report.when == "setup" and "test_b" in report.nodeid:
+        pathlib.Path(os.environ["SETUP"]).write_text(f"{report.duration:.1f}")
+"""
+
+
+def test_opening_a_builder_on_an_engine_that_hangs_waits_no_longer_than_engine_wait(fault_engine, project, tmp_path,
+                                                                                      wait_written):
+    """A stopped engine takes calls in and answers none: opening a builder waited as long as it was stopped
+    (setup 60.1 s here with buildenv_engine_wait=8, until the test woke it; bounded only by the docker
+    client's 60 s read timeout). Now it gives up after buildenv_engine_wait and PING_EVERY, in one line,
+    and the session ends with its summary once the engine is back."""
+
+    from pytest_buildenv.engine.builders import PING_EVERY
+
+    (project / "test_open_hung.py").write_text(LAST)  # test_b opens while the engine is stopped
+    (project / "conftest.py").write_text(SETUP_SEEN)
+    ready, go, setup = tmp_path / "ready", tmp_path / "go", tmp_path / "setup"
+    proc = session(project, "--buildenv=container", "-o", "buildenv_engine_wait=8", DOCKER_HOST=fault_engine,
+                   READY=str(ready), GO=str(go), SETUP=str(setup))
+    wait_written(ready, proc, timeout=120)
+    frozen_until(go, setup, within=60)
+    out = proc.communicate(timeout=300)[0]
+    print(f"opening a builder on a stopped engine: setup {setup.read_text()} s")
+    assert float(setup.read_text()) <= 8 + 2 * PING_EVERY + 1, out
+    assert outcomes(out) == {"passed": 1, "error": 1}, out
+    assert f"the container engine at {fault_engine} did not answer for 8 s while a builder was opened for " \
+           "test_open_hung.py::test_b_finds_no_engine; look at the engine (a stopped or overloaded " \
+           "daemon), or raise ini buildenv_engine_wait" in out, out
+    assert "buildenv: session " in out and "Traceback" not in out and "INTERNALERROR" not in out, out
 
 
 KILLED_BEHIND_ITS_BACK = """

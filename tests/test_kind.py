@@ -35,7 +35,7 @@ import yaml
 from pytest_buildenv import ClusterError, ConfigError
 from pytest_buildenv.events import read as read_events
 from pytest_buildenv.kinds.kind import KindCluster
-from pytest_buildenv.naming import KIND_CLUSTER_LABEL, Owner, new_session_id
+from pytest_buildenv.naming import KIND_CLUSTER_LABEL, LABEL_SESSION, Owner, new_session_id
 
 DATA = Path(__file__).parent / "data" / "kind"
 BUSYBOX = "buildenv-test/busybox:1"
@@ -465,10 +465,11 @@ def test_fails(kind_cluster):
 
 @pytest.fixture
 def run_session(kind_bin, node_image):
-    def run(project: Path, log: Path, *args: str) -> subprocess.Popen[str]:
+    def run(project: Path, log: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+        """A session of its own; a later --buildenv in `args` wins over kind alone."""
         return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--buildenv=kind",
                                  f"--kind-bin={kind_bin}", f"--kind-image={node_image}", *args], cwd=project, text=True,
-                                env={**os.environ, "PYTEST_BUILDENV_EVENTS": str(log)},
+                                env={**os.environ, "PYTEST_BUILDENV_EVENTS": str(log), **env},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return run
 
@@ -514,3 +515,79 @@ def test_reaped_after_sigkill(tmp_path, client, wait_written, run_session, kind_
     assert f"remove: cluster {name} " in out
     assert nodes(client, name) == []
     assert len(nodes(client, kind_cluster.name)) == 2  # the living session's cluster stays
+
+
+LOSES_ITS_NODE = """
+import docker
+
+def test_1_kills_the_node(kind_cluster):
+    docker.from_env().containers.get(f"{kind_cluster.name}-control-plane").kill()
+
+def test_2_next(kind_cluster):
+    kind_cluster.kubectl("get", "nodes")
+
+def test_3_later(kind_cluster):
+    kind_cluster.kubectl("get", "nodes")
+"""
+
+
+@pytest.mark.usefixtures("one_session_at_a_time")
+def test_a_node_killed_mid_run_is_one_line_for_every_later_test_and_nothing_is_left(tmp_path, client, run_session):
+    """Before: each later test's kubectl failed with `connection refused` on 127.0.0.1:PORT, the API
+    server's forwarded port, and kubectl's five lines of retries: nothing named the cluster or the node.
+    Now each fails at setup, in one line naming both and what became of the node."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_k.py").write_text(LOSES_ITS_NODE)
+    proc = run_session(project, tmp_path / "e.jsonl")
+    out = proc.communicate(timeout=600)[0]
+    created = [e["name"] for e in read_events(str(tmp_path / "e.jsonl"))
+               if e["resource"] == "cluster" and e["event"] == "created"]
+    assert len(created) == 1, out
+    name = created[0]
+    assert re.search(r"\b1 passed, 2 errors\b", out), out
+    said = [line for line in out.splitlines() if line.startswith("KIND cluster ")]  # each error's one line
+    assert len(said) == 2 and all(line.startswith(f"KIND cluster {name} lost node {name}-control-plane (Exited (137)")
+                                  and "mid-run" in line for line in said), out
+    assert "Traceback" not in out and "INTERNALERROR" not in out, out
+    assert nodes(client, name) == [], "the session deleted its cluster, dead node and all"
+
+
+CRASHING_WORKER = """
+import os, pathlib, signal
+import pytest
+
+@pytest.mark.parametrize("n", range(6))
+def test_cluster_and_builder(kind_cluster, builder_container, n):
+    assert "Ready" in kind_cluster.kubectl("get", "nodes").stdout
+    builder_container.run("true", check=True)
+    crashed = pathlib.Path(os.environ["CRASHED"])
+    if n == 1 and not crashed.exists():
+        crashed.write_text(builder_container.name)
+        os.kill(os.getpid(), signal.SIGKILL)  # in the middle of the test: its builder and spares are left
+"""
+
+
+@pytest.mark.usefixtures("one_session_at_a_time")
+def test_a_worker_killed_mid_test_leaves_the_others_going_and_nothing_behind(tmp_path, client, run_session):
+    """kill -9 of one xdist worker mid-test while the session shares a KIND cluster and spare builders:
+    the other worker goes on, xdist's replacement joins the same cluster, and the session (not the
+    next one) removes the dead worker's builders."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_k.py").write_text(CRASHING_WORKER)
+    (project / "tox.ini").write_text(f"[pytest]\nbuildenv_image = {BUSYBOX}\n")
+    events = tmp_path / "e.jsonl"
+    proc = run_session(project, events, "--buildenv=kind,container", "-n", "2", CRASHED=str(tmp_path / "c"))
+    out = proc.communicate(timeout=900)[0]
+    assert re.search(r"\b1 failed, 5 passed\b", out) and "crashed" in out, out
+    seen = read_events(str(events))
+    clusters = [e["name"] for e in seen if e["resource"] == "cluster" and e["event"] == "created"]
+    assert len(clusters) == 1 and nodes(client, clusters[0]) == [], seen  # one cluster, the replacement's too
+    made = {e["name"]: e["pid"] for e in seen if e["resource"] == "container" and e["event"] == "created"}
+    ended = {e["name"] for e in seen if e["resource"] == "container" and e["event"] in ("removed", "reaped")}
+    crashed = (tmp_path / "c").read_text()
+    assert crashed in made and set(made) <= ended, (made, ended)
+    session = {e["session"] for e in seen if e["resource"] == "container"}
+    left = [c.name for s in session for c in client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={s}"})]
+    assert left == [], left

@@ -22,6 +22,7 @@ import pytest
 from pytest_buildenv import ConfigError, VMError
 from pytest_buildenv.kinds import vm
 from pytest_buildenv.kinds.vm import GoldenVM
+from pytest_buildenv.kinds.vm.golden import installed_boxes
 
 pytestmark = [pytest.mark.vm(vagrantfile="data/vm/golden/Vagrantfile"), pytest.mark.usefixtures("one_session_at_a_time")]
 
@@ -259,9 +260,14 @@ def qemu_readable_vagrant_home(monkeypatch):
     shutil.rmtree(home, ignore_errors=True)
 
 
-def test_a_base_box_with_included_kernel_boots_as_a_golden(tmp_path, qemu_readable_vagrant_home, monkeypatch):
-    """A box made with `vagrant package --include vmlinuz,initrd --vagrantfile V`, V naming them beside
-    itself: its golden carries them, so its clones boot."""
+@pytest.mark.parametrize("layout", ["include", "beside"])
+def test_a_base_box_booting_its_own_kernel_boots_as_a_golden(layout, tmp_path, qemu_readable_vagrant_home,
+                                                              monkeypatch):
+    """A box whose Vagrantfile names its kernel and initrd beside itself: made with `vagrant package
+    --include vmlinuz,initrd --vagrantfile V` (include/), or by hand with them next to box.img and no
+    include/ ("beside": its golden carried only include/, and its clone failed with `unable to stat:
+    .../include/vmlinuz`). Either way the golden carries them, so its clones boot. The beside box's
+    first provisioning is killed half-way (see kill_provisioning_half_way): the golden is made anew."""
     monkeypatch.setenv("VAGRANT_HOME", str(Path.home() / ".vagrant.d"))
     source = vm.box_dir(TEST_BOX)
     monkeypatch.setenv("VAGRANT_HOME", str(qemu_readable_vagrant_home))
@@ -270,17 +276,19 @@ def test_a_base_box_with_included_kernel_boots_as_a_golden(tmp_path, qemu_readab
     kernel = next(line.split('"')[1] for line in settings.splitlines() if "libvirt.kernel" in line)
     initrd = next(line.split('"')[1] for line in settings.splitlines() if "libvirt.initrd" in line)
     work = tmp_path / "base"
-    (work / "include").mkdir(parents=True)
+    own = work / "include" if layout == "include" else work  # where the box's own Vagrantfile is
+    own.mkdir(parents=True)
     os.link(source / "box.img", work / "box.img") if os.stat(source).st_dev == os.stat(tmp_path).st_dev \
         else shutil.copy(source / "box.img", work / "box.img")
     shutil.copy(source / "metadata.json", work / "metadata.json")
-    shutil.copy(kernel, work / "include" / "vmlinuz")
-    shutil.copy(initrd, work / "include" / "initrd")
-    (work / "include" / "_Vagrantfile").write_text(
+    shutil.copy(kernel, own / "vmlinuz")
+    shutil.copy(initrd, own / "initrd")
+    (own / ("_Vagrantfile" if layout == "include" else "Vagrantfile")).write_text(
         settings.replace(f'"{kernel}"', 'File.expand_path("vmlinuz", __dir__)')
                 .replace(f'"{initrd}"', 'File.expand_path("initrd", __dir__)'))
-    (work / "Vagrantfile").write_text('Vagrant.configure("2") do |c|\n  included = File.expand_path('
-                                      '"../include/_Vagrantfile", __FILE__)\n  load included if File.exist?(included)\nend\n')
+    if layout == "include":
+        (work / "Vagrantfile").write_text('Vagrant.configure("2") do |c|\n  included = File.expand_path('
+                                          '"../include/_Vagrantfile", __FILE__)\n  load included if File.exist?(included)\nend\n')
     box_file = tmp_path / "included.box"
     with tarfile.open(box_file, "w") as archive:
         for path in work.iterdir():
@@ -294,14 +302,48 @@ def test_a_base_box_with_included_kernel_boots_as_a_golden(tmp_path, qemu_readab
                                          '  config.vm.provision "shell", inline: "echo included > /home/vagrant/m"\nend\n')
     golden = GoldenVM(project / "Vagrantfile", tmp_path / "state")
     (tmp_path / "ws").mkdir()
+    remains = None
     try:
-        golden.ensure()
+        if layout == "beside":
+            remains = kill_provisioning_half_way(golden)
+        assert golden.ensure() == golden.box and golden.provisioned_now
+        assert remains not in domains(), "the killed provisioning's VM was left"
         packaged = vm.box_dir(golden.box)
         assert packaged is not None and sorted(p.name for p in (packaged / "include").iterdir()) == \
             ["_Vagrantfile", "initrd", "vmlinuz"]
         with golden.clone(tmp_path / "ws", test="included") as clone:
             assert clone.run("cat /home/vagrant/m", check=True).stdout == "included\n"
     finally:
+        if remains is not None:
+            vm.destroy_domain(remains)  # when the golden's remains were left, the rest of the stage goes on
         vm.remove_golden(golden.box)
         vm.remove_golden("buildenv-test/included")
         (vm._golden_records() / f"{golden.hash[:16]}.json").unlink(missing_ok=True)
+
+
+def domains() -> list[str]:
+    listed = subprocess.run(["virsh", "-c", URI, "list", "--all", "--name"], capture_output=True, text=True)
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+
+
+def kill_provisioning_half_way(golden: GoldenVM) -> str:
+    """SIGKILL to a provisioning's process group once `vagrant up` has made the golden's VM: the domain
+    stays (libvirt runs it), the box is never added. The next `vagrant up` of it failed on the domain's
+    name being taken; now the remains are removed first. Returns the domain's name."""
+    import signal
+
+    domain = f"golden-{golden.hash[:12]}_default"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from pytest_buildenv.kinds.vm import GoldenVM; "
+                             "GoldenVM(sys.argv[1], sys.argv[2]).ensure()", str(golden.vagrantfile),
+                             str(golden.state_dir)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while domain not in domains():
+            assert proc.poll() is None and time.monotonic() < deadline, "the golden's VM never appeared"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert golden.box not in installed_boxes(golden.state_dir)  # half-made
+    return domain

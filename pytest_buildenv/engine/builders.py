@@ -4,19 +4,21 @@ an engine that goes away waited for; and what doctor, the header and the reaper 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import Check, ConfigError
+from ..errors import Check, ConfigError, EngineNotAnswering
 from ..handle import BuildEnv
 from ..naming import LABEL_CACHE, Labelled
 from ..registry import SessionEnd, TestInfo
 from ..services import Services
-from . import connect, describe_unreachable, engine_lost, not_back, platforms, probe
+from . import answers, connect, describe_unreachable, engine_lost, is_read_timeout, not_back, platforms, probe
 from .builder import CACHE_VOLUME, Builder, BuilderSpec, ContainerSettings, host_options
 from .containers import wait_for_removals
 from .endpoint import describe, run_as
@@ -25,12 +27,16 @@ from .resources import labelled_resources
 from .shared import Engine
 
 
+PING_EVERY = 2.0  # seconds between pings while a builder is opened: a stopped engine is seen within that of the wait
+
+
 class Builders:
     """One process's builders of one class (Builder, or dind's), on the session's engine."""
 
     def __init__(self, engine: Engine, env_class: type[Builder] = Builder) -> None:
         self.engine = engine
         self.env_class = env_class
+        self._abandoned: list[threading.Thread] = []  # opens given up on: what they make is removed as it comes
 
     def image_for(self, settings: ContainerSettings) -> str:
         kind, images = self.env_class.kind, self.engine.images
@@ -85,16 +91,18 @@ class Builders:
     # --- the Manager protocol ----------------------------------------------------
     def open(self, settings: ContainerSettings, workspace: Path, test: TestInfo) -> Builder:
         """A builder for one test. An engine that is unreachable (or goes away while the builder is made,
-        as in a daemon's shutdown, when pings still answer) is waited for, up to ini buildenv_engine_wait
-        seconds, and then trusted for nothing it said before. No ping on the way: opening is a hot path,
-        and every step of it talks to the engine anyway."""
+        as in a daemon's shutdown, when pings still answer) is waited for, and one that takes calls in and
+        answers none (a stopped daemon) is not: either way, ini buildenv_engine_wait seconds at most.
+        Then it is trusted for nothing it said before. No ping on the way while the engine answers:
+        opening is a hot path, and every step of it talks to the engine anyway."""
         seconds = self.engine.settings.wait
         outage: Optional[float] = None  # when this open found the engine gone
         while True:
+            left = seconds if outage is None else seconds - (time.monotonic() - outage)
             try:
-                env = self._open(settings, workspace, test)
+                env = self._watched(lambda: self._open(settings, workspace, test), max(left, 1.0), test.nodeid)
             except Exception as exc:
-                if not engine_lost(exc):
+                if not (engine_lost(exc) or is_read_timeout(exc)):
                     raise
                 if outage is None:
                     outage = time.monotonic()
@@ -109,6 +117,48 @@ class Builders:
                 self.engine.progress(f"the container engine at {self.engine.endpoint.url} is back after "
                                      f"{time.monotonic() - outage:.1f} s")
             return env
+
+    def _watched(self, make: Callable[[], Builder], seconds: float, test: str) -> Builder:
+        """make() in a thread of its own, given as long as it needs (an image build takes minutes) while
+        the engine answers a ping every PING_EVERY s; after `seconds` of no answer, EngineNotAnswering.
+        A builder that make() finishes after that is removed as it comes: no test will have it."""
+        outcome: dict[str, Any] = {}
+        lock, late = threading.Lock(), threading.Event()
+
+        def run() -> None:
+            try:
+                env = make()
+            except BaseException as exc:  # raised again below, in the test's thread
+                outcome["error"] = exc
+                return
+            with lock:
+                outcome["env"] = env
+                if late.is_set():
+                    with contextlib.suppress(Exception):  # the engine it waited for may be gone again
+                        self.close(env)
+
+        worker = threading.Thread(target=run, daemon=True, name="buildenv-open")
+        worker.start()
+        answered = time.monotonic()
+        while True:
+            worker.join(PING_EVERY)
+            if not worker.is_alive():
+                break
+            if answers(self.engine.endpoint, PING_EVERY):
+                answered = time.monotonic()
+            elif time.monotonic() - answered >= seconds:
+                with lock:
+                    if "env" not in outcome and "error" not in outcome:
+                        late.set()
+                        self._abandoned.append(worker)
+                        raise EngineNotAnswering(
+                            f"the container engine at {self.engine.endpoint.url} did not answer for {seconds:g} s "
+                            f"while a builder was opened for {test}",
+                            "look at the engine (a stopped or overloaded daemon), or raise ini buildenv_engine_wait")
+        if "error" in outcome:
+            raise outcome["error"]
+        env: Builder = outcome["env"]
+        return env
 
     def _open(self, settings: ContainerSettings, workspace: Path, test: TestInfo) -> Builder:
         """A builder for one test: a spare if one is ready, on a shared network namespace."""
@@ -145,7 +195,11 @@ class Builders:
                 f"{env.name} sh   (workspace {env.workspace})")
 
     def finish(self, end: SessionEnd) -> None:
-        """The process's end: remove the spares and holders left, and wait for every removal."""
+        """The process's end: remove the spares and holders left, and wait for every removal. An open given
+        up on (the engine did not answer) goes first: once the engine is back it still makes what it was
+        making, holders included, and then removes its builder."""
+        for worker in self._abandoned:
+            worker.join(self.engine.settings.wait)
         if self.engine.made_spares is not None:
             self.engine.made_spares.drain()
         wait_for_removals()  # the builders first: Podman refuses to remove a holder whose namespace one still uses

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .. import masking
-from ..errors import ConfigError, ImageBuildError, tail
+from ..errors import ConfigError
 from . import dockerfile
 
 if TYPE_CHECKING:
@@ -46,8 +46,8 @@ def cli() -> Optional[str]:
 def secret_flag(name: str, source: str) -> str:
     """`--secret`'s value for one `secrets` entry. The value itself never reaches our argv: buildx reads it
     and serves it to the build. We read it too, only so that a step printing it is masked in our log."""
-    masking.read(name, source)
     kind, where = masking.source(name, source)
+    masking.read_from(kind, where)
     return f"id={name},{kind}={where}"
 
 
@@ -126,5 +126,4 @@ def failure(spec: BuildSpec, log: list[str], engine: str) -> Exception:
         return ConfigError(f"cache_to={spec.cache_to}: {builder} cannot export a build cache; make a builder "
                            "that can (docker buildx create --name NAME --driver docker-container, or --driver remote "
                            "URL of a buildkitd) and name it in buildx_builder (ini buildenv_buildx_builder)")
-    return ImageBuildError(f"docker build of {spec.dockerfile} failed: {words}; fix the failing step "
-                           f"(its output follows)\n{tail(chr(10).join(log))}")
+    return dockerfile.step_failed(spec.dockerfile, words, "\n".join(log))

@@ -183,9 +183,10 @@ class CopiedWorkspace:
             report = said.partition(f"\n{token}\n".encode())[2]
         changed, _, rest = report.partition(f"{token}-gone\n".encode())
         gone, _, archive = rest.partition(f"{token}-tar\n".encode())
-        self._refuse_newlines(changed.decode("utf-8", "replace").splitlines())
+        listing = changed.decode("utf-8", "replace").splitlines()
+        self._refuse_newlines(listing)
         touched = self._remove(gone.decode("utf-8", "replace").splitlines())
-        touched += self._directories(changed.decode("utf-8", "replace").splitlines())
+        touched += self._directories(listing)
         touched += self._extract(archive)
         self._rescan(touched)
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ImageBuildError, tail
 
 REFERENCE = "https://docs.docker.com/reference/dockerfile/"
 
@@ -76,6 +76,12 @@ def refusal(dockerfile: Path, line: int, words: str, engine: str) -> str:
     else:
         remedy = f"fix that line (the Dockerfile reference: {REFERENCE})"
     return f"{dockerfile}:{line}: {engine} refused the Dockerfile: {words}; {remedy}"
+
+
+def step_failed(dockerfile: Path, words: str, output: str) -> ImageBuildError:
+    """A step of the build failed (a RUN that exited non-zero): the engine's words, then the output's tail."""
+    return ImageBuildError(f"docker build of {dockerfile} failed: {words}; fix the failing step "
+                           f"(its output follows)\n{tail(output)}")
 
 
 def refused(dockerfile: Path, words: str, engine: str) -> Optional[ConfigError]:

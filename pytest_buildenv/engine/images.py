@@ -348,8 +348,7 @@ class ImageBuilder:
             return ConfigError(f"{spec.dockerfile}:{heredoc}: {engine}'s builder does not take heredocs ({words}); "
                                "write the file into the context and COPY it, or build on an engine whose builder "
                                "takes them (Docker with buildx, Podman 4.8 or newer)")
-        return ImageBuildError(f"docker build of {spec.dockerfile} failed: {words}; fix the failing step "
-                               f"(its output follows)\n{tail(''.join(log))}")
+        return dockerfile.step_failed(spec.dockerfile, words, "".join(log))
 
 
 # The lines that say which step a build is on: BuildKit's plain progress, the classic builder's, buildah's.

@@ -1,5 +1,5 @@
-"""Everything on the engine that carries our session label, for the reaper (containers first, so
-that images free up last). Volumes shadowing KIND clusters are the kind kind's to find."""
+"""Everything on the engine that carries our session label, for the reaper (containers first, network
+holders last among them, so that images free up last). Volumes shadowing KIND clusters are the kind kind's to find."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from . import daemon_errors
 from ..events import emit
-from ..naming import ANY_OWNED, LABEL_CLUSTER, Labelled, session_filter
+from ..naming import ANY_OWNED, LABEL_CLUSTER, LABEL_KIND, Labelled, session_filter
 
 if TYPE_CHECKING:
     import docker
@@ -38,7 +38,9 @@ def labelled_resources(client: docker.DockerClient, session: Optional[str] = Non
     with daemon_errors("listing labelled resources", client):
         containers, networks = api.containers(all=True, filters=filters), api.networks(filters=filters)
         volumes, images = api.volumes(filters=filters).get("Volumes") or [], api.images(filters=filters)
-    for c in containers:
+    # Network holders last: Podman refuses to remove one while a builder still joins its namespace (a
+    # crashed worker's builders and spares are swept with their holders, all at once).
+    for c in sorted(containers, key=lambda c: (c.get("Labels") or {}).get(LABEL_KIND) == "netns"):
         yield Labelled("container", c["Id"], c["Names"][0].lstrip("/"), c["Labels"] or {},
                        quietly(partial(api.remove_container, c["Id"], force=True, v=True), client))
     for n in networks:

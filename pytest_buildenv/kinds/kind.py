@@ -229,6 +229,26 @@ class KindCluster:
         self._unshadow()
         emit("removed", "cluster", self.name, self.owner.session if self.owner else "")
 
+    def require_nodes(self) -> None:
+        """Every node container of the cluster running, or one line naming the cluster and what became of
+        which node: a killed node fails every kubectl after it with a timeout that names nothing."""
+        lost = self.lost_nodes()
+        if lost:
+            raise ClusterError(f"KIND cluster {self.name} lost {', '.join(lost)} mid-run; a node container was "
+                               f"stopped, killed or removed (docker ps -a --filter label={KIND_CLUSTER_LABEL}="
+                               f"{self.name}); the session deletes the cluster at its end: rerun the tests")
+
+    def lost_nodes(self) -> list[str]:
+        """Its node containers that are not running, with their status; all of them when none is left of
+        a cluster we created (a reused one's nodes may be on an engine we do not see)."""
+        if self.client is None:
+            return []
+        found = self.client.api.containers(all=True, filters={"label": [f"{KIND_CLUSTER_LABEL}={self.name}"]})
+        if not found:
+            return [] if self.reuse else ["every node container (none is left)"]
+        return [f"node {node['Names'][0].lstrip('/')} ({node.get('Status') or node.get('State')})"
+                for node in found if node.get("State") != "running"]
+
     def export_logs(self, dest: Path) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         result = self._kind("export", "logs", str(dest), "--name", self.name)
@@ -514,8 +534,9 @@ class Clusters:
         return self.services.engine.client
 
     def open(self, settings: KindSettings, workspace: Path, test: TestInfo) -> KindEnv:
-        return KindEnv(workspace, self.cluster_for(settings), environment=settings.environment,
-                       timeout=settings.timeout)
+        cluster = self.cluster_for(settings)
+        cluster.require_nodes()
+        return KindEnv(workspace, cluster, environment=settings.environment, timeout=settings.timeout)
 
     def cluster_for(self, settings: KindSettings) -> KindCluster:
         """The session's cluster for these settings: created by the first process that asks."""

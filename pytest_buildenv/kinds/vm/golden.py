@@ -20,7 +20,7 @@ from ...progress import VAGRANT_STEP, Progress, follow
 from ...services import Services
 from ...sharing import state_root
 from .clone import VMClone
-from .libvirt import _box_volumes, _pool_volumes, _volume_bytes, boxes_in_use
+from .libvirt import _box_volumes, _pool_volumes, _volume_bytes, boxes_in_use, destroy_domain
 from .vagrant import Machine, _fail, _vagrant, box_dir, choose_machine, machines_of, vagrant_home
 
 
@@ -53,6 +53,10 @@ def content_hash(vagrantfile: Path, machine: Machine, inputs: list[Path], provid
         for name in ("metadata.json", "Vagrantfile"):
             if (installed / name).is_file():
                 digest.update((installed / name).read_bytes())
+        for beside in reachable_beside(installed):  # a kernel it boots, say (none: the hash as it was)
+            for path in sorted(beside.rglob("*")) if beside.is_dir() else [beside]:
+                if path.is_file():
+                    digest.update(str(path.relative_to(installed)).encode() + b"\0" + path.read_bytes())
     root = vagrantfile.parent
     for path in inputs:
         rel = path.relative_to(root) if path.is_relative_to(root) else path
@@ -123,7 +127,7 @@ class GoldenVM:
         """Up (with provisioners) in a directory of its own holding only the golden's inputs, so nothing
         else can reach the VM and the user's own `vagrant up` there is never disturbed; then packaged."""
         work = self.state_dir / f"golden-{self.hash[:12]}"
-        shutil.rmtree(work, ignore_errors=True)
+        self._remove_remains(work)
         root = self.vagrantfile.parent
         for path in self.inputs:
             copy = work / (path.relative_to(root) if path.is_relative_to(root) else path.name)
@@ -147,6 +151,17 @@ class GoldenVM:
         record_golden(self)
         prune_goldens(self.vagrantfile, keep=self.keep, progress=self.progress)
 
+    def _remove_remains(self, work: Path) -> None:
+        """What a provisioning killed half-way left (the lock it held is free, its box never added): its
+        VM, by Vagrant where its directory is left and by the name vagrant-libvirt gives it where not."""
+        if (work / ".vagrant").is_dir():
+            self.progress(f"removing what an earlier provisioning of {self.box}, killed half-way, left")
+            with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                subprocess.run(["vagrant", "destroy", "-f"], cwd=work, capture_output=True, check=True, timeout=300)
+        if self.provider == "libvirt" and shutil.which("virsh"):
+            destroy_domain(f"{work.name}_{self.machine.name}")  # <directory>_<machine>: vagrant-libvirt's name
+        shutil.rmtree(work, ignore_errors=True)
+
     def _up_and_package(self, machine: Any, work: Path, log: Path) -> None:
         name = self.machine.name
         try:
@@ -168,20 +183,43 @@ class GoldenVM:
 
     def _package(self, work: Path, log: Path, box_file: Path) -> None:
         """`vagrant package`, carrying what the base box carried: its Vagrantfile (provider settings; the
-        one it was packaged with, if it was) and the files it includes, at the same places."""
+        one it was packaged with, if it was) and whatever that Vagrantfile can reach beside itself."""
         base = box_dir(self.base_box, self.provider, self.machine.box_version)
         argv = ["vagrant", "package", self.machine.name, "--output", str(box_file)]
         if base is not None:
-            included = base / "include"
-            vagrantfile = included / "_Vagrantfile" if (included / "_Vagrantfile").is_file() else base / "Vagrantfile"
-            if vagrantfile.is_file():
+            vagrantfile = box_vagrantfile(base)
+            if vagrantfile is not None:
                 argv += ["--vagrantfile", str(vagrantfile)]
-            extra = sorted(str(p) for p in included.glob("*") if p.is_file() and p.name != "_Vagrantfile")
-            if extra:
-                argv += ["--include", ",".join(extra)]
+            beside = reachable_beside(base)
+            if beside:
+                argv += ["--include", ",".join(str(p) for p in beside)]
         with log.open("a") as out:
             subprocess.run(argv, cwd=work, stdout=out, stderr=subprocess.STDOUT, check=True,
                            env={**os.environ, "PATH": _shim_path(self.state_dir)})
+
+
+def box_vagrantfile(base: Path) -> Optional[Path]:
+    """An installed box's own Vagrantfile: the one it was packaged with (include/_Vagrantfile), else its own."""
+    for path in (base / "include" / "_Vagrantfile", base / "Vagrantfile"):
+        if path.is_file():
+            return path
+    return None
+
+
+def reachable_beside(base: Path) -> list[Path]:
+    """What an installed box's Vagrantfile can name beside itself (a box booting its own kernel:
+    `lv.kernel = File.expand_path("vmlinuz", __dir__)`). The golden carries them to include/, which is
+    where its packaged _Vagrantfile's __dir__ is; the box's disks stay out (the golden has its own)."""
+    included = base / "include"
+    found = [p for p in included.glob("*") if p.name != "_Vagrantfile"]
+    if box_vagrantfile(base) == base / "Vagrantfile":
+        try:
+            disks = {d.get("path", "") for d in json.loads((base / "metadata.json").read_text()).get("disks", [])}
+        except (OSError, ValueError, AttributeError):
+            disks = set()
+        found += [p for p in base.iterdir()
+                  if p.name not in {"box.img", "metadata.json", "Vagrantfile", "include", *disks}]
+    return sorted(found)
 
 
 # --- golden boxes: a record each, bounded per Vagrantfile, removed with their libvirt volumes ----------
