@@ -114,6 +114,12 @@ def test_missing_executable_is_exit_127(buildenv):
     assert result.exit_code == 127 and "definitely-not-a-program" in result.stderr
 
 
+def test_a_program_that_exits_127_silently_is_left_silent(buildenv):
+    """Where an engine loses a missing program's words, the plugin says them; never for one that is there."""
+    result = buildenv.run(["sh", "-c", "exit 127"])
+    assert result.exit_code == 127 and result.stderr == "" and result.stdout == ""
+
+
 def test_host_is_a_testinfra_host_bound_to_the_environment(buildenv):
     uid = int(buildenv.run("id -u", check=True).stdout)
     buildenv.run("mkdir -p made && echo hi > made/file", check=True)

@@ -231,6 +231,17 @@ def test_log_cause_skips_backtrace_frames():
                                  "/root/.vagrant.d/boxes/b/0/libvirt/include/vmlinuz (Libvirt::Error)")
 
 
+def test_log_cause_is_vagrants_wrapped_message_as_one_line():
+    """Vagrant wraps its own error at 80 columns: its last line alone read `vagrant up` command again."""
+    log = ("Bringing machine 'default' up with 'libvirt' provider...\n"
+           "==> default: Creating image (snapshot of base box volume).\n"
+           "    default: the machine's own output\n"
+           "Name `golden-fe864331d608_default` of domain about to create is already taken. Please try to run\n"
+           "`vagrant up` command again.\n")
+    assert vm.log_cause(log) == ("Name `golden-fe864331d608_default` of domain about to create is already taken. "
+                                 "Please try to run `vagrant up` command again.")
+
+
 # --- real goldens -------------------------------------------------------------------------------
 def test_multi_machine_golden_from_env_box_boots_clones(project, tmp_path):
     golden = GoldenVM(project / "Vagrantfile", tmp_path / "state", machine="builder")

@@ -375,7 +375,7 @@ class Builder(BuildEnv):
     def _exec(self, argv: list[str], env: dict[str, str], cwd: PurePosixPath, timeout: Optional[float],
               user: Optional[str], out: Capture, err: Capture) -> tuple[int, bool]:
         api = self.client.api
-        marker = secrets.token_hex(8)
+        marker, program = secrets.token_hex(8), argv[0]
         if timeout is not None:
             env = {**env, "BUILDENV_EXEC": marker}
         token, stdin, split = "", None, None
@@ -425,15 +425,31 @@ class Builder(BuildEnv):
             err.write(said)
             return 127, timed_out
         stderr = output_text(err.data())
-        if code == 127 and "attach: read: connection reset by peer" in stderr and argv[0] not in stderr:
-            # Podman's code for a program not found, whose own words its attach socket lost (Podman 4.3,
-            # seen once in the rootful stage): say what 127 means.
+        if code == 127 and program not in stderr and self._words_lost(program, stderr, out, env, cwd, user):
             err.reset()
-            err.write(f"{argv[0]}: executable file not found ({stderr.strip()})\n".encode())
+            err.write(f"{program}: executable file not found ({stderr.strip() or 'the engine said no more'})\n".encode())
             return 127, timed_out
         if code == 137 and not timed_out and self._oom_killed():
             self.killed_by = f"the out-of-memory killer (memory limit {self.host_options['mem_limit']})"
         return code, timed_out
+
+    def _words_lost(self, program: str, stderr: str, out: Capture, env: dict[str, str], cwd: PurePosixPath,
+                    user: Optional[str]) -> bool:
+        """A 127 (Podman's code for a program not found) whose words the engine lost: Podman 4.3's attach
+        socket drops them at times, saying `connection reset by peer` (seen in the rootful stage) or nothing
+        at all (the rootless one). A program may exit 127 silently too: then it is there, and nothing is said."""
+        if "attach: read: connection reset by peer" in stderr:
+            return True
+        if stderr.strip() or out.size:
+            return False
+        try:
+            api = self.client.api
+            probe = api.exec_create(self.id, ["sh", "-c", 'command -v "$1" >/dev/null', "sh", program],
+                                    environment=env, workdir=str(cwd), user=user or "")["Id"]
+            api.exec_start(probe)
+            return bool(api.exec_inspect(probe)["ExitCode"] != 0)
+        except Exception:  # cannot tell: the result stays as it came
+            return False
 
     def _oom_killed(self) -> bool:
         """Did the kernel's OOM killer act in this builder since we last looked (its cgroup's oom_kill count)?"""

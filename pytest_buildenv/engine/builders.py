@@ -217,7 +217,8 @@ def engine_check(services: Services, defaults: Mapping[str, Any]) -> Check:
 def engine_header(services: Services) -> str:
     """Which engine, what it is, and how workspaces reach it."""
     endpoint = services.endpoint
-    info = describe(connect(endpoint, timeout=10))
+    with contextlib.closing(connect(endpoint, timeout=10)) as client:  # closed: a client left to the GC warns
+        info = describe(client)
     groups = run_as(info, 0, 0).groups_said()
     return (f"engine {info} at {endpoint.url} (from {endpoint.source}); workspaces bind-mounted if it sees them, "
             f"else copied in and out (setting workspace: bind|copy){'; ' + groups if groups else ''}")
@@ -225,7 +226,8 @@ def engine_header(services: Services) -> str:
 
 def caches_held(services: Services) -> str:
     """The cache volumes on the engine with their sizes (what `reap --include-cache` would remove)."""
-    volumes = connect(services.endpoint, timeout=10).api.df().get("Volumes") or []
+    with contextlib.closing(connect(services.endpoint, timeout=10)) as client:
+        volumes = client.api.df().get("Volumes") or []
     caches = sorted((v["Name"][len(CACHE_VOLUME):], (v.get("UsageData") or {}).get("Size", -1))
                     for v in volumes if LABEL_CACHE in (v.get("Labels") or {}) and v["Name"].startswith(CACHE_VOLUME))
     listed = ", ".join(f"{name} {size // 1024} KiB" if size >= 0 else name for name, size in caches)

@@ -40,14 +40,25 @@ _CAUSES = (re.compile(r"Call to vir\w+ failed: .*"),  # libvirt, as vagrant-libv
            re.compile(r"^(?:Error|ERROR)\b.*|.*\berror: .*", re.MULTILINE))
 
 
+_STEP = re.compile(r"^(==> |Bringing machine |[\w.-]+: )")  # Vagrant's steps, and a machine's output under them
+
+
 def log_cause(text: str) -> str:
-    """The line that says why: libvirt's first error, else the last error line, else the last line."""
+    """The line that says why: libvirt's first error, else the last error line, else Vagrant's own last
+    words (the lines after its last step, which it wraps at 80 columns) as one line."""
     lines = [line.strip() for line in text.splitlines() if line.strip() and not _FRAME.search(line)]
     found = _CAUSES[0].search(text)
     if found:
         return found.group(0).strip()[:400]
     errors = [line for line in lines if _CAUSES[1].match(line)]
-    return (errors or lines or ["no output"])[-1][:400]
+    if errors:
+        return errors[-1][:400]
+    last: list[str] = []
+    for line in reversed(lines):
+        if _STEP.match(line):
+            break
+        last.insert(0, line)
+    return " ".join(last or lines[-1:] or ["no output"])[:400]
 
 
 def vagrant_home() -> Path:
