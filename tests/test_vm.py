@@ -16,17 +16,13 @@ from pathlib import Path
 import pytest
 
 from pytest_buildenv import CommandTimeout, VMError
+from pytest_buildenv.kinds import vm
 from pytest_buildenv.kinds.vm import GoldenVM
 
 DATA = Path(__file__).parent / "data" / "vm"
 HELLO = Path(__file__).parent.parent / "examples" / "hello"
 
 pytestmark = [pytest.mark.vm(vagrantfile="data/vm/golden/Vagrantfile"), pytest.mark.usefixtures("one_session_at_a_time")]
-
-
-def domains() -> list[str]:
-    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True, text=True)
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
 def volumes() -> str:
@@ -47,7 +43,7 @@ def test_clones_see_the_golden_marker_but_not_each_others_files(golden_vm, vm_cl
     finally:
         other.close()
     # destroyed: no domain, no overlay volume, no Vagrant machine
-    assert other.domain not in domains()
+    assert other.domain not in vm.domain_names()
     assert f"{other.domain}.img" not in volumes()
     assert not (other.dir / ".vagrant" / "machines" / "default" / "libvirt" / "id").exists()
 
@@ -93,10 +89,10 @@ def test_next_session_reuses_the_golden_box_and_reap_removes_a_killed_clone(gold
     proc.send_signal(signal.SIGKILL)
     out = proc.communicate()[0]
     assert "provisioning golden VM" not in out  # the golden box was cached: no provisioning
-    assert domain in domains()
+    assert domain in vm.domain_names()
     reaped = subprocess.run([sys.executable, "-m", "pytest_buildenv", "reap"], capture_output=True, text=True)
     assert f"remove: vm {domain} " in reaped.stdout, reaped.stdout + reaped.stderr
-    assert domain not in domains()
+    assert domain not in vm.domain_names()
     assert f"{domain}.img" not in volumes()
 
 
@@ -106,7 +102,7 @@ def test_missing_base_box_is_one_line(tmp_path):
 
 
 def test_failed_provisioning_shows_its_output_and_leaves_nothing(tmp_path):
-    before = set(domains())
+    before = set(vm.domain_names())
     steps: list[str] = []
     with pytest.raises(VMError) as raised:
         GoldenVM(DATA / "broken" / "Vagrantfile", tmp_path, progress=steps.append).ensure()
@@ -117,19 +113,19 @@ def test_failed_provisioning_shows_its_output_and_leaves_nothing(tmp_path):
     assert first.startswith(f"provisioning the golden VM from {DATA / 'broken' / 'Vagrantfile'} failed: ")
     assert "fix the provisioner" in first
     assert "provision-step-output" in "\n".join(rest)
-    assert set(domains()) == before
+    assert set(vm.domain_names()) == before
 
 
 def test_ssh_never_up_shows_the_console(tmp_path):
     golden = GoldenVM(DATA / "nossh" / "Vagrantfile", tmp_path)
     golden.ensure()
-    before = set(domains())
+    before = set(vm.domain_names())
     with pytest.raises(VMError) as raised:
         golden.clone(tmp_path, test="no-ssh", boot_timeout=20)
     message = str(raised.value)
     assert message.startswith("booting clone ") and "the console said:" in message
     assert "login:" in message  # the machine booted: it is SSH that never answered
-    assert set(domains()) == before
+    assert set(vm.domain_names()) == before
 
 
 @pytest.mark.vm(vagrantfile="data/vm/golden/Vagrantfile", reset="snapshot")

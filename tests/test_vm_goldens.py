@@ -318,7 +318,7 @@ def test_a_base_box_booting_its_own_kernel_boots_as_a_golden(layout, tmp_path, q
         if layout == "beside":
             remains = kill_provisioning_half_way(golden)
         assert golden.ensure() == golden.box and golden.provisioned_now
-        assert remains not in domains(), "the killed provisioning's VM was left"
+        assert remains not in vm.domain_names(), "the killed provisioning's VM was left"
         packaged = vm.box_dir(golden.box)
         assert packaged is not None and sorted(p.name for p in (packaged / "include").iterdir()) == \
             ["_Vagrantfile", "initrd", "vmlinuz"]
@@ -330,11 +330,6 @@ def test_a_base_box_booting_its_own_kernel_boots_as_a_golden(layout, tmp_path, q
         vm.remove_golden(golden.box)
         vm.remove_golden("buildenv-test/included")
         (vm._golden_records() / f"{golden.hash[:16]}.json").unlink(missing_ok=True)
-
-
-def domains() -> list[str]:
-    listed = subprocess.run(["virsh", "-c", URI, "list", "--all", "--name"], capture_output=True, text=True)
-    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
 
 
 def kill_provisioning_half_way(golden: GoldenVM) -> str:
@@ -350,7 +345,7 @@ def kill_provisioning_half_way(golden: GoldenVM) -> str:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while domain not in domains():
+        while domain not in vm.domain_names():
             assert proc.poll() is None and time.monotonic() < deadline, "the golden's VM never appeared"
             time.sleep(0.5)
     finally:

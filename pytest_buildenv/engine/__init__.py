@@ -58,21 +58,6 @@ def connect(endpoint: Endpoint, timeout: int = 60) -> docker.DockerClient:
     return client
 
 
-def answers(endpoint: Endpoint, seconds: float) -> bool:
-    """Does the engine answer a ping within `seconds`? Asked on a client of its own, since the session's
-    may be the one a stuck call holds."""
-    try:
-        client = _client(endpoint, max(1, round(seconds)))
-    except Exception:
-        return False
-    try:
-        return bool(client.api.ping())
-    except Exception:
-        return False
-    finally:
-        client.close()
-
-
 def probe(endpoint: Endpoint, timeout: int = 10) -> Check:
     """Whether the engine answers, and what it is: for doctor and explicit selection."""
     try:

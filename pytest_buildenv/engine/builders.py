@@ -18,7 +18,7 @@ from ..handle import BuildEnv
 from ..naming import LABEL_CACHE, Labelled
 from ..registry import SessionEnd, TestInfo
 from ..services import Services
-from . import answers, connect, describe_unreachable, engine_lost, is_read_timeout, not_back, platforms, probe
+from . import connect, describe_unreachable, engine_lost, is_read_timeout, not_back, platforms, probe
 from .builder import CACHE_VOLUME, Builder, BuilderSpec, ContainerSettings, host_options
 from .containers import wait_for_removals
 from .endpoint import describe, run_as
@@ -120,7 +120,7 @@ class Builders:
 
     def _watched(self, make: Callable[[], Builder], seconds: float, test: str) -> Builder:
         """make() in a thread of its own, given as long as it needs (an image build takes minutes) while
-        the engine answers a ping every PING_EVERY s; after `seconds` of no answer, EngineNotAnswering.
+        the engine answers a probe every PING_EVERY s; after `seconds` of no answer, EngineNotAnswering.
         A builder that make() finishes after that is removed as it comes: no test will have it."""
         outcome: dict[str, Any] = {}
         lock, late = threading.Lock(), threading.Event()
@@ -144,7 +144,7 @@ class Builders:
             worker.join(PING_EVERY)
             if not worker.is_alive():
                 break
-            if answers(self.engine.endpoint, PING_EVERY):
+            if probe(self.engine.endpoint, timeout=round(PING_EVERY)).ok:  # a client of its own: ours may be stuck
                 answered = time.monotonic()
             elif time.monotonic() - answered >= seconds:
                 with lock:

@@ -41,13 +41,13 @@ from ...services import Services
 from ...settings import CommonSettings, SettingError
 from .clone import VMClone
 from .golden import GoldenVM, _golden_records, golden_leftovers, goldens_held, installed_goldens, prune_goldens, remove_golden
-from .libvirt import DESCRIPTION_MARK, LABEL_BOX, _box_volumes, destroy_domain, labelled_domains
+from .libvirt import DESCRIPTION_MARK, LABEL_BOX, _box_volumes, destroy_domain, domain_names, labelled_domains
 from .vagrant import _vagrant, box_dir, log_cause, vagrant_home
 
 # What other code (the plugin, the tests, the benchmarks) imports from here.
 __all__ = [
     "DESCRIPTION_MARK", "KIND", "LABEL_BOX", "GoldenVM", "Goldens", "VMClone", "VMSettings", "_box_volumes",
-    "_golden_records", "_vagrant", "box_dir", "check", "installed_goldens", "labelled_domains", "leftovers",
+    "_golden_records", "_vagrant", "box_dir", "check", "domain_names", "installed_goldens", "labelled_domains", "leftovers",
     "log_cause", "prune_goldens", "remove_golden", "vagrant_home",
 ]
 

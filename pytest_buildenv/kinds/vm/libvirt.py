@@ -14,12 +14,17 @@ LABEL_BOX = "pytest-buildenv.box"  # on a clone's domain: the golden box it was 
 
 
 # --- for the reaper: domains carry our labels in their description --------------
-def labelled_domains(uri: str = "qemu:///system") -> list[tuple[str, dict[str, str]]]:
+def domain_names(uri: str = "qemu:///system") -> list[str]:
+    """Every domain's name, ours or not (none without virsh)."""
     if shutil.which("virsh") is None:
         return []
     names = subprocess.run(["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True)
+    return [line.strip() for line in names.stdout.splitlines() if line.strip()]
+
+
+def labelled_domains(uri: str = "qemu:///system") -> list[tuple[str, dict[str, str]]]:
     found = []
-    for name in filter(None, (line.strip() for line in names.stdout.splitlines())):
+    for name in domain_names(uri):
         desc = subprocess.run(["virsh", "-c", uri, "desc", name], capture_output=True, text=True).stdout.strip()
         if desc.startswith(DESCRIPTION_MARK):
             try:
