@@ -10,9 +10,11 @@
    provisioning time of a second session (cache hit).
 3. Plugin import: the time `import pytest_buildenv.plugin` adds to `import pytest`, and whether
    a local-only `pytest --co` imports docker, kubernetes or vagrant.
-4. The same container suite with -n 2 against -n 0, sharing on and off.
+4. The same container suite with -n 2 against -n 0 and -n 1 (one xdist worker), sharing on and off.
+5. Flat as the suite grows: the cost per test, (T[N] - T[1]) / (N - 1), at N = 20, 100 and 400
+   tests in one session (defaults), each against docker run, and the largest over the smallest.
 
-    python benchmarks/bench_speed.py [IMAGE] [ROUNDS] [--parts=1234]
+    python benchmarks/bench_speed.py [IMAGE] [ROUNDS] [--parts=12345]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 IMAGE = ARGS[0] if ARGS else "buildenv-test/busybox:1"
 ROUNDS = int(ARGS[1]) if len(ARGS) > 1 else 3
-PARTS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--parts=")), "1234")
+PARTS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--parts=")), "12345")
 
 TESTS = """
 import pytest
@@ -129,6 +131,18 @@ def main() -> None:
         print(f"2. 11 tests on a provisioned snapshot / on the bare image: {t_prov / t_bare:.2f} "
               f"(includes a 3 s provisioning step that the cache skips)")
 
+    if "5" in PARTS:
+        one = project(TESTS.format(n=1, marker=""))
+        t_one = statistics.median(pytest_time(one) for _ in range(ROUNDS))
+        per_test = {}
+        for n in (20, 100, 400):
+            suite = project(TESTS.format(n=n, marker=""))
+            per_test[n] = (statistics.median(pytest_time(suite) for _ in range(ROUNDS)) - t_one) / (n - 1)
+            print(f"5. {n} container tests in one session: {per_test[n] * 1000:.0f} ms per test = "
+                  f"{per_test[n] / baseline:.2f}x docker run")
+        print(f"   largest / smallest per-test cost over 20, 100, 400 tests: "
+              f"{max(per_test.values()) / min(per_test.values()):.2f}")
+
     if "3" not in PARTS and "4" not in PARTS:
         return
     code = ("import sys, time; t=time.perf_counter(); import pytest; m=time.perf_counter(); "
@@ -152,9 +166,11 @@ def main() -> None:
         for spares in ("0", "2"):
             args = ("-o", f"buildenv_spares={spares}", *extra)
             serial = statistics.median(pytest_time(suite, *args) for _ in range(ROUNDS))
+            one_worker = statistics.median(pytest_time(suite, "-n", "1", *args) for _ in range(ROUNDS))
             parallel = statistics.median(pytest_time(suite, "-n", "2", *args) for _ in range(ROUNDS))
             print(f"4. 40 container tests running `sleep 0.2`, {label}, spares={spares}: -n 0 {serial:.1f} s, "
-                  f"-n 2 {parallel:.1f} s: speed-up {serial / parallel:.2f}x")
+                  f"-n 1 {one_worker:.1f} s, -n 2 {parallel:.1f} s: speed-up {serial / parallel:.2f}x over -n 0, "
+                  f"{one_worker / parallel:.2f}x over -n 1")
 
 
 if __name__ == "__main__":

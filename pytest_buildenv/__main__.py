@@ -25,6 +25,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reap.add_argument("--session", help="only this session's resources")
     reap.add_argument("--include-kept", action="store_true", help="also resources kept with --buildenv-keep")
     reap.add_argument("--include-cache", action="store_true", help="also cached provisioned snapshots")
+    reap.add_argument("--include-reusable", action="store_true",
+                      help="also environments kept for later sessions (ini buildenv_reuse) that no session holds")
     reap.add_argument("--buildenv", default="", metavar="KIND[,KIND...]", help="only these kinds' resources")
     reap.add_argument("--older-than", type=float, metavar="HOURS",
                       help="also remove other hosts' resources older than this")
@@ -61,6 +63,7 @@ def _reap(args: argparse.Namespace, registry: Registry, services: Services) -> i
         return 2
     findings = reap_kinds(kinds, registry, services, dry_run=args.dry_run, session=args.session, include_kept=args.include_kept,
                           foreign_max_age=max_age, include_cache=args.include_cache,
+                          include_reusable=args.include_reusable,
                           unreachable=lambda why: print(f"not looked at: {why}"))
     for finding in findings:
         verb = "would remove" if args.dry_run and finding.action == "remove" else finding.action

@@ -27,6 +27,8 @@ LABEL_KEEP = f"{PREFIX}.keep"
 LABEL_KIND = f"{PREFIX}.kind"
 LABEL_TEST = f"{PREFIX}.test"
 LABEL_CACHE = f"{PREFIX}.cache"  # a provisioned snapshot, kept across sessions (content key)
+LABEL_REUSE = f"{PREFIX}.reuse"  # kept across sessions (ini buildenv_reuse): the key of what made it
+LABEL_EXPIRES = f"{PREFIX}.expires"  # ... until then (epoch seconds), when reap removes it unclaimed
 LABEL_CLUSTER = f"{PREFIX}.cluster"  # on the volume that shadows a KIND cluster we created
 KIND_CLUSTER_LABEL = "io.x-k8s.kind.cluster"  # kind's own label on its node containers
 

@@ -6,9 +6,11 @@ the fixtures, which are typed so that an editor completes their methods.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, cast
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from . import hooks, kinds
 from .engine.endpoint import Endpoint, resolve
 from .errors import BuildEnvError
 from .naming import Owner, new_session_id
+from .progress import FOLLOWER
 from .registry import Registry
 from .reports import SECTION, save_artifacts, shorten, transcript_text
 from .services import Services
@@ -166,7 +169,16 @@ def _config_file_layers(config: pytest.Config, registry: Registry) -> dict[str, 
 def _progress_writer(config: pytest.Config) -> Callable[[str], None]:
     def write(line: str) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and config.option.verbose >= 0:
+        if reporter is None or config.option.verbose < 0:
+            return
+        # In a fixture's setup pytest captures the terminal too: the line would show only if the test
+        # failed. Capture is lifted for it, as pytest's live logging does, from the main thread, which
+        # owns capture, or from progress.follow()'s reader, whose main thread waits in follow's body
+        # meanwhile. Another thread's line stays in the test's capture.
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        owns = threading.current_thread() is threading.main_thread() or threading.current_thread().name == FOLLOWER
+        lifted = capture.global_and_fixture_disabled() if capture is not None and owns else contextlib.nullcontext()
+        with lifted:
             reporter.write_line(f"[buildenv] {line}")
     return write
 

@@ -21,6 +21,9 @@ VAGRANT_STEP = re.compile(r"^==> ")
 KIND_STEP = re.compile(r"^ ?[•✓✗] ")
 
 
+FOLLOWER = "buildenv-progress"  # follow()'s reader thread: the plugin lifts pytest's capture for its lines
+
+
 @contextlib.contextmanager
 def follow(path: Path, progress: Progress, steps: re.Pattern[str], every: float = 0.5) -> Iterator[None]:
     """While the body runs, pass each new line of `path` that `steps` matches to `progress` (what the file
@@ -48,7 +51,7 @@ def follow(path: Path, progress: Progress, steps: re.Pattern[str], every: float 
             if finished:
                 return
 
-    reader = threading.Thread(target=read, name="buildenv-progress", daemon=True)
+    reader = threading.Thread(target=read, name=FOLLOWER, daemon=True)
     reader.start()
     try:
         yield

@@ -1,9 +1,7 @@
 """Crash-proof clean-up without a helper container.
 
-Every pytest process holds an exclusive flock on an owner file named after its
-host and pid for as long as it lives; the kernel drops the lock when the
-process dies, SIGKILL included. A resource is dead when its owner's lock can
-be taken (or, lock file gone, its pid no longer exists). The reaper removes
+A resource is dead when its owner's lock (owners.py) can be taken, or, lock
+file gone, its pid no longer exists. The reaper removes
 dead resources on this host, reports those of other hosts (removing them only
 past a given age), never touches a live session's resources, and never one
 without our labels.
@@ -11,97 +9,26 @@ without our labels.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import fcntl
 import itertools
-import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, Optional
 from collections.abc import Iterable, Iterator
 
 from .errors import BuildEnvError
 from .events import emit
+from . import reuse
 from .kinds import discover
+from .owners import owner_alive
 from .naming import (LABEL_CACHE, LABEL_CREATED, LABEL_HOST, LABEL_KEEP, LABEL_PID, LABEL_SESSION, Labelled, Owner,
                      new_session_id)
 from .registry import Finder, Registry
 from .services import Services
 from .sharing import LABELS_FILE, state_root
-
-OWNERS_DIR = Path(tempfile.gettempdir()) / "pytest-buildenv-owners"
-
-
-def _owner_file(host: str, pid: int) -> Path:
-    return OWNERS_DIR / f"{host}-{pid}.lock"
-
-
-class OwnerLock:
-    """Held for the life of this process; its release is how others learn we died.
-
-    One flock per process, however many sessions it runs (pytester runs inner
-    sessions in-process): a second flock on the same file would block on our own.
-    """
-
-    _fd = -1
-    _users = 0
-
-    def __init__(self) -> None:
-        self.path = _owner_file(socket.gethostname(), os.getpid())
-        if OwnerLock._users == 0:
-            OWNERS_DIR.mkdir(exist_ok=True)
-            with contextlib.suppress(PermissionError):  # shared by every user of this host, like /tmp itself
-                os.chmod(OWNERS_DIR, 0o1777)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            OwnerLock._fd = fd
-        OwnerLock._users += 1
-        self._held = True
-
-    def release(self) -> None:
-        if not self._held:
-            return
-        self._held = False
-        OwnerLock._users -= 1
-        if OwnerLock._users == 0:
-            self.path.unlink(missing_ok=True)
-            os.close(OwnerLock._fd)
-            OwnerLock._fd = -1
-
-
-def owner_alive(host: str, pid: int) -> bool:
-    """Is the process that labelled a resource on this host still running a session?"""
-    if pid <= 0:  # unknown (kill(0) would signal our own process group and say yes)
-        return False
-    path = _owner_file(host, pid)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return _pid_exists(pid)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -149,9 +76,10 @@ def labelled_state_dirs(session: Optional[str] = None) -> Iterator[Labelled]:
 
 def reap(finders: Iterable[Finder], services: Services, *, dry_run: bool = False, session: Optional[str] = None,
          include_kept: bool = False, foreign_max_age: Optional[float] = None,
-         force: bool = False, include_cache: bool = False,
+         force: bool = False, include_cache: bool = False, include_reusable: bool = False,
          unreachable: Optional[Callable[[str], None]] = None) -> list[Finding]:
-    """Remove dead owners' resources (or, with `force`, every resource of `session`).
+    """Remove dead owners' resources (or, with `force`, every resource of `session`); environments kept
+    for reuse only when unclaimed and expired, or with `include_reusable` (reuse.judge).
 
     `finders` are the kinds' ways of finding what they labelled (registry.finders);
     session state directories are always looked at. With `unreachable`, a finder whose
@@ -161,20 +89,28 @@ def reap(finders: Iterable[Finder], services: Services, *, dry_run: bool = False
     findings = []
     found = itertools.chain.from_iterable(_found(finder, services, session, unreachable) for finder in finders)
     for item in itertools.chain(found, labelled_state_dirs(session)):
-        if force and (include_cache or LABEL_CACHE not in item.labels):
+        kept = reuse.judge(item, include_reusable)  # before force: a session's sweep leaves what it keeps
+        if kept is not None:
+            action, reason = kept
+        elif force and (include_cache or LABEL_CACHE not in item.labels):
             action, reason = "remove", "session swept by its owner"
         else:
             action, reason = judge(item.labels, this_host=this_host, foreign_max_age=foreign_max_age,
                                    include_kept=include_kept, include_cache=include_cache)
         if action == "remove" and not dry_run:
             try:
-                item.remove()
-            except BuildEnvError as exc:
+                if kept is None:
+                    item.remove()
+                elif not reuse.remove_unclaimed(item, services.session_owner):
+                    action, reason = "keep", "kept for reuse: a session claimed it as it was judged"
+            except (BuildEnvError, OSError) as exc:  # OSError: docker's APIError too (a removal refused)
                 if unreachable is None:
                     raise
-                unreachable(str(exc).splitlines()[0])
+                # One refusal is said, and the sweep goes on: what it could not remove is still counted.
+                unreachable(str(exc).splitlines()[0] if str(exc) else repr(exc))
                 continue
-            emit("reaped", item.resource, item.name, item.labels.get(LABEL_SESSION, "?"), reason=reason)
+            if action == "remove":
+                emit("reaped", item.resource, item.name, item.labels.get(LABEL_SESSION, "?"), reason=reason)
         findings.append(Finding(item.resource, item.ident, item.name,
                                 item.labels.get(LABEL_SESSION, "?"), action, reason))
     return findings

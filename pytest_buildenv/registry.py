@@ -115,6 +115,7 @@ class KindSpec:
     leftovers: Optional[Finder] = None  # labelled resources of a session (None: all sessions)
     inventory: Optional[Callable[[Services], str]] = None  # for doctor: what the kind's caches hold, and their size
     header: Optional[Callable[[Services], str]] = None  # the session header: what the kind runs on (kinds may share one)
+    reusable: bool = False  # keeps environments for later sessions when ini buildenv_reuse names it (reuse.py)
 
 
 # --- the registry ------------------------------------------------------------------

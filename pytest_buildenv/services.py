@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 from .engine.endpoint import Endpoint, resolve
 from .engine.shared import Engine, EngineSettings
 from .naming import Owner
+from .reuse import ReuseSettings
 from .sharing import SharedState
 
 
@@ -24,6 +25,7 @@ class Services:
         # Each kind's defaults (ini values and options, the weakest settings layer): what a kind's header and
         # finder need to know without a test (the pod kind's cluster, say).
         self.defaults: dict[str, Mapping[str, Any]] = dict(defaults or {})
+        self.reuse = ReuseSettings.from_ini(self.ini)  # which kinds keep their environments for later sessions
         self.notices: list[str] = []  # what the session summary must say (e.g. a privileged builder)
         self.endpoint = endpoint or resolve()  # the engine, chosen once: --buildenv-engine, ini, DOCKER_HOST, ...
         # Cheap: the engine is connected to when a builder (or a cluster) first needs it.

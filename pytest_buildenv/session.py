@@ -21,7 +21,8 @@ from . import kinds, masking
 from .errors import BuildEnvError, ConfigError
 from .handle import BuildEnv
 from .naming import Labelled
-from .reaper import Finding, OwnerLock, reap
+from .owners import OwnerLock
+from .reaper import Finding, reap
 from .registry import Manager, Registry, SessionEnd, TestInfo
 from .services import Services
 from .settings import CommonSettings, Selection, SettingsLayer, matrix, merge
@@ -97,6 +98,11 @@ class BuildEnvSession:
         """Every process, as settings load: each enabled kind's ini, option and buildenv.yaml settings,
         checked once (a wrong value fails the session at its start, naming where it came from).
         A marker's settings are checked when its test is collected and set up."""
+        for kind in self.services.reuse.kinds:
+            if kind not in self.registry or not self.registry.spec(kind).reusable:
+                reusable = [name for name in self.registry if self.registry.spec(name).reusable]
+                raise ConfigError(f"ini buildenv_reuse={','.join(self.services.reuse.kinds)} names {kind!r}, which "
+                                  f"keeps nothing across sessions; the kinds that do: {', '.join(reusable) or 'none'}")
         for kind in self.selection.kinds:
             for _, variant in self.variants(kind, {}, Path.cwd()):
                 self.settings(kind, {}, Path.cwd(), variant=variant)
@@ -226,8 +232,9 @@ class BuildEnvSession:
     def header_lines(self) -> list[str]:
         """What the enabled kinds run on (the container engine, once for the kinds that share it)."""
         headers = dict.fromkeys(self.registry.spec(kind).header for kind in self.selection.kinds)
-        return [f"buildenv: {self._survive('describing', partial(header, self.services), '(not answering)')}"
-                for header in headers if header is not None]
+        lines = [self._survive("describing", partial(header, self.services), "(not answering)")
+                 for header in headers if header is not None]
+        return [f"buildenv: {line}" for line in lines if line]  # a kind with nothing to say says ""
 
     def summary_lines(self) -> list[str]:
         made = ", ".join(f"{n} {kind}" for kind, n in sorted(self.stats.made.items())) or "none"

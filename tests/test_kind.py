@@ -591,3 +591,138 @@ def test_a_worker_killed_mid_test_leaves_the_others_going_and_nothing_behind(tmp
     session = {e["session"] for e in seen if e["resource"] == "container"}
     left = [c.name for s in session for c in client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={s}"})]
     assert left == [], left
+
+
+# --- clusters kept for later sessions (ini buildenv_reuse=kind) -------------------------------
+def test_the_reuse_key_is_what_made_the_cluster(client, kind_bin, node_image, tmp_path):
+    """The same content is one key, given as a file or as a mapping; another config or node image is
+    another key (and so another cluster: kept clusters are named for their key)."""
+    from pytest_buildenv.kinds.kind import Clusters, KindSettings
+    from pytest_buildenv.services import Services
+
+    clusters = Clusters(Services(Owner(new_session_id())))
+    one_node = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4", "nodes": [{"role": "control-plane"}]}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(one_node))
+    key = clusters._reuse_key(KindSettings(image=node_image, kind_bin=kind_bin, config=one_node))
+    assert clusters._reuse_key(KindSettings(image=node_image, kind_bin=kind_bin, config=tmp_path / "one.yaml")) == key
+    assert clusters._reuse_key(KindSettings(image=node_image, kind_bin=kind_bin, config=one_node, wait="30s")) == key
+    labelled = {**one_node, "nodes": [{"role": "control-plane", "labels": {"tier": "a"}}]}
+    assert clusters._reuse_key(KindSettings(image=node_image, kind_bin=kind_bin, config=labelled)) != key
+    assert clusters._reuse_key(KindSettings(image=BUSYBOX, kind_bin=kind_bin, config=one_node)) != key
+
+
+LEAVES_THINGS = f"""
+import os, pathlib
+
+def test_leave_things(kind_cluster):
+    pathlib.Path(os.environ["SEEN"]).write_text(kind_cluster.name)
+    kind_cluster.load_image({BUSYBOX!r})
+    kind_cluster.kubectl("create", "namespace", "left")
+    kind_cluster.kubectl("create", "configmap", "left-cm", "--from-literal=a=b")
+    kind_cluster.helm_install("left", {str(DATA / "chart")!r}, namespace="default")
+"""
+
+DIES_HOLDING = """
+import os, pathlib, time
+
+def test_dies(kind_cluster):
+    kind_cluster.kubectl("create", "namespace", "left2")
+    pathlib.Path(os.environ["SEEN"]).write_text(kind_cluster.name)
+    time.sleep(600)
+"""
+
+RACER = """
+import json, os, pathlib, subprocess, time
+
+def test_hold(kind_cluster):
+    def names(*args):
+        return kind_cluster.kubectl(*args, "-o", "name").stdout.split()
+    helm = subprocess.run([kind_cluster.helm_bin, "list", "-A", "-q", "--kubeconfig", str(kind_cluster.kubeconfig)],
+                          capture_output=True, text=True, check=True).stdout.split()
+    seen = {"name": kind_cluster.name, "namespaces": names("get", "namespaces"), "helm": helm,
+            "default": names("get", "deployments,pods,services,configmaps,secrets", "-n", "default")}
+    written = pathlib.Path(os.environ["SEEN"] + ".tmp")
+    written.write_text(json.dumps(seen))
+    written.replace(os.environ["SEEN"])  # whole, as the test reads it
+    go = pathlib.Path(os.environ["GO"])
+    deadline = time.monotonic() + 600
+    while not go.exists() and time.monotonic() < deadline:  # both sessions hold their cluster till then
+        time.sleep(0.2)
+"""
+
+
+def _reap(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "pytest_buildenv", "reap", "--buildenv=kind", *args],
+                          capture_output=True, text=True, timeout=600).stdout
+
+
+@pytest.mark.usefixtures("one_session_at_a_time")
+def test_a_kept_cluster_is_adopted_reset_raced_for_expired_and_reaped(tmp_path, client, wait_written, run_session,
+                                                                     kind_bin):
+    """A session keeps its cluster, reset as it lets it go (its namespace, ConfigMap and Helm release
+    gone, its loaded image still in the node); a second adopts it and is killed holding it, with a
+    namespace of its own made; of two later sessions at once, one adopts it (freed by the death, and
+    reset again) and the other makes a second; neither is reaped while held; the second has expired
+    (ttl 1s) when its session ends, which deletes it; reap keeps the first, reap --include-reusable
+    removes it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tox.ini").write_text("[pytest]\nbuildenv_reuse = kind\n")
+    (project / "test_k.py").write_text(LEAVES_THINGS)
+    first = run_session(project, tmp_path / "e1.jsonl", SEEN=str(tmp_path / "first"))
+    out = first.communicate(timeout=900)[0]
+    kept = (tmp_path / "first").read_text()
+    try:
+        assert first.returncode == 0 and "1 passed" in out, out
+        assert re.match(r"^buildenv-reuse-[0-9a-f]{10}-0$", kept), kept
+        assert f"creating KIND cluster {kept}, kept for later sessions (ini buildenv_reuse; key " in out, out
+        assert "left behind: 0" in out and len(nodes(client, kept)) == 1, out  # kept, and not a leftover
+        assert "buildenv: kind: clusters kept for later sessions (ini buildenv_reuse; each lives 24.0 h" in out, out
+        assert (f"buildenv: kept KIND cluster {kept} for later sessions (ini buildenv_reuse), after this session's "
+                "things went: removed 1 Helm release(s), 1 namespace(s) (left) and the default namespace's objects") in out
+
+        (project / "test_k.py").write_text(DIES_HOLDING)
+        dies = run_session(project, tmp_path / "e2.jsonl", SEEN=str(tmp_path / "dies"))
+        assert wait_written(tmp_path / "dies", dies, timeout=300) == kept
+        dies.send_signal(signal.SIGKILL)
+        dies.wait()
+
+        (project / "test_k.py").write_text(RACER)
+        racers = [run_session(project, tmp_path / f"r{n}.jsonl", "-o", "buildenv_reuse_ttl=1s",
+                              SEEN=str(tmp_path / f"seen{n}"), GO=str(tmp_path / "go")) for n in (1, 2)]
+        seen = [json.loads(wait_written(tmp_path / f"seen{n}", racer, timeout=600))
+                for n, racer in zip((1, 2), racers)]
+        held = _reap("--include-reusable", "--dry-run")
+        (tmp_path / "go").write_text("")
+        outs = [racer.communicate(timeout=300)[0] for racer in racers]
+        assert all(r.returncode == 0 and "1 passed" in o and f"; 1 kept here: {kept}\n" in o
+                   for r, o in zip(racers, outs)), outs  # each session's header
+        names = sorted(s["name"] for s in seen)
+        second = kept[:-1] + "1"
+        assert names == [kept, second], names  # one each, never one for both
+        for name in names:
+            assert re.search(rf"keep: cluster {name} .*kept for reuse \(key .*in use by session", held), held
+        adopter, adopted = next((o, s) for o, s in zip(outs, seen) if s["name"] == kept)
+        assert re.search(rf"reused KIND cluster {kept} \(ini buildenv_reuse; key [0-9a-f]{{10}}, made \d+ .* ago\), "
+                         r"ready in [\d.]+ s: removed 0 Helm release\(s\), 1 namespace\(s\) \(left2\)", adopter), adopter
+        assert not {"namespace/left", "namespace/left2"} & set(adopted["namespaces"]) and adopted["helm"] == [], adopted
+        assert adopted["default"] == ["service/kubernetes", "configmap/kube-root-ca.crt"], adopted
+        images = node_exec(client, f"{kept}-control-plane", "crictl", "images")
+        assert "buildenv-test/busybox" in images  # what the first session loaded is still there
+
+        # The second was made with buildenv_reuse_ttl=1s: expired when its session let it go, whose
+        # sweep then deleted it; the first lives on.
+        creator = next(n for n, s in zip((1, 2), seen) if s["name"] == second)
+        expired = [e for e in read_events(str(tmp_path / f"r{creator}.jsonl"))
+                   if e["event"] == "reaped" and e["name"] == second]
+        assert len(expired) == 1 and "expired" in expired[0]["reason"], expired
+        reaped = _reap()
+        assert re.search(rf"keep: cluster {kept} .*free\); remove with reap --include-reusable", reaped), reaped
+        assert nodes(client, second) == [] and len(nodes(client, kept)) == 1
+        doctor = subprocess.run([sys.executable, "-m", "pytest_buildenv", "doctor", f"--kind-bin={kind_bin}"],
+                                capture_output=True, text=True, timeout=120).stdout
+        assert re.search(rf"kept for reuse: {kept} \(key [0-9a-f]{{10}}, made .* ago, expires in .*, free\)", doctor), doctor
+    finally:
+        reaped = _reap("--include-reusable")
+    assert f"remove: cluster {kept} " in reaped, reaped
+    assert nodes(client, kept) == [] and nodes(client, kept[:-1] + "1") == []

@@ -226,3 +226,21 @@ def test_kept_resources_need_include_kept():
     here = socket.gethostname()
     assert judge(labels, this_host=here, foreign_max_age=None, include_kept=False)[0] == "keep"
     assert judge(labels, this_host=here, foreign_max_age=None, include_kept=True) == ("remove", f"owner pid {2 ** 22 + 12345} is gone")
+
+
+def test_a_removal_the_engine_refuses_is_said_and_the_sweep_goes_on(client):
+    """The engine refusing one removal (here: a container removed behind the sweep's back, 404) is one
+    line, and every other dead owner's resource is still removed."""
+    from pytest_buildenv.naming import Labelled
+    from pytest_buildenv.reaper import reap
+    from pytest_buildenv.services import Services
+
+    dead = Owner("s3", pid=2 ** 22 + 12346).labels("container")  # a pid that cannot exist
+    gone, there = (client.containers.create(BUSYBOX, ["true"], labels=dead) for _ in range(2))
+    gone.remove()
+    found = [Labelled("container", c.id, c.name, dead, lambda c=c: client.api.remove_container(c.id, force=True))
+             for c in (gone, there)]
+    said: list[str] = []
+    findings = reap([lambda services, session: found], Services(Owner("sweeper")), unreachable=said.append)
+    assert len(said) == 1 and said[0].startswith("404 Client Error") and gone.id in said[0], said
+    assert [f.name for f in findings if f.resource == "container"] == [there.name] and not _exists(client, there.id)

@@ -24,6 +24,13 @@ BUILDER_INI = (
         "(one open builder per holder) instead of each making one", type="bool", default=True),
 )
 
+REUSE_INI = (
+    Ini("buildenv_reuse", "kinds whose environments are kept for later sessions with the same settings, "
+        "e.g. kind (default: none)"),
+    Ini("buildenv_reuse_ttl", "how long a kept environment lives from when it is made: 24h, 90m, 30s "
+        "(a bare number is hours)", default="24h"),
+)
+
 BUILTIN: dict[str, Entry] = {
     "local": Entry("pytest_buildenv.kinds.local"),
     "container": Entry("pytest_buildenv.kinds.container", ("builder_container",), (IMAGE, PIDS), BUILDER_INI),
@@ -33,7 +40,7 @@ BUILTIN: dict[str, Entry] = {
         Default("image", option="--kind-image", help="KIND node image (kind create cluster --image)"),
         Default("cluster", option="--kind-cluster",
                 help="reuse this existing KIND cluster instead of creating one; it is never deleted"),
-    )),
+    ), REUSE_INI),
     "pod": Entry("pytest_buildenv.kinds.pod", ("pod_builder",), (
         IMAGE,
         Default("kubeconfig", ini="buildenv_kubeconfig", help="the pod kind's kubeconfig (default: KUBECONFIG, then "

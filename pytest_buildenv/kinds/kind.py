@@ -13,7 +13,8 @@ containers with it.
 settings, shared by every xdist worker. The first process that asks creates it
 (under sharing.py's lock) and records it; the others attach to the record. Only
 the session owner deletes them, at the very end, after exporting their logs if
-the run failed.
+the run failed. With ini buildenv_reuse=kind it keeps them instead, for later
+sessions of the same key to adopt (reuse.py claims them, kind_reset.py resets them).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -45,12 +47,18 @@ from ..errors import Check, ClusterError, ConfigError, tail
 from ..events import emit
 from ..handle import BuildEnv
 from ..kube import REMEDIES, pod_not_ready
-from ..naming import ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_SESSION, PREFIX, Labelled, Owner
+from ..naming import (ANY_OWNED, KIND_CLUSTER_LABEL, LABEL_CLUSTER, LABEL_CREATED, LABEL_REUSE, LABEL_SESSION, PREFIX,
+                      Labelled, Owner)
 from ..progress import KIND_STEP, Progress, follow
 from ..registry import KindSpec, SessionEnd, TestInfo
 from ..result import Result
+from ..reuse import Pool, ago, expired
+from ..reuse import describe as describe_kept
+from ..reuse import labels as kept_labels
 from ..services import Services
 from ..settings import CommonSettings, SettingError
+from ..sharing import state_root
+from . import kind_reset
 from .local import LocalEnv
 
 if TYPE_CHECKING:
@@ -177,7 +185,8 @@ class KindCluster:
     def __init__(self, name: str, state_dir: Path, *, kind_bin: str = "kind", image: Optional[str] = None,
                  config: Union[Path, Mapping[str, Any], None] = None, wait: str = "120s", reuse: bool = False,
                  kubectl_bin: str = "kubectl", helm_bin: str = "helm", owner: Optional[Owner] = None,
-                 client: Optional[docker.DockerClient] = None, progress: Optional[Progress] = None) -> None:
+                 client: Optional[docker.DockerClient] = None, progress: Optional[Progress] = None,
+                 labels: Optional[Mapping[str, str]] = None) -> None:
         self.name = validate_name(name)
         self.state_dir = Path(state_dir)
         self.kind_bin, self.kubectl_bin, self.helm_bin = kind_bin, kubectl_bin, helm_bin
@@ -187,6 +196,7 @@ class KindCluster:
         self.owner = owner
         self.client = client
         self.progress = progress  # kind's step lines as it creates the cluster
+        self.labels = dict(labels or {})  # the shadow's, besides its owner's (a kept cluster's key and expiry)
         self.endpoint = endpoint_of(client) if client is not None else resolve()  # the engine kind drives
         self._api: Any = None
 
@@ -217,6 +227,8 @@ class KindCluster:
                 self._unshadow()
             raise ClusterError(f"kind create cluster {self.name} failed: {_last_error(result)}\n{tail(result.stderr)}")
         emit("created", "cluster", self.name, self.owner.session if self.owner else "")
+        if LABEL_REUSE in self.labels:  # kept for later sessions
+            self._remember_kubeconfig()
         return self
 
     def delete(self) -> None:
@@ -227,7 +239,52 @@ class KindCluster:
         if not result.ok:
             raise ClusterError(f"kind delete cluster {self.name} failed: {_last_error(result)}")
         self._unshadow()
+        self._remembered_kubeconfig().unlink(missing_ok=True)
         emit("removed", "cluster", self.name, self.owner.session if self.owner else "")
+
+    def adopt(self) -> str:
+        """A cluster kept by an earlier session, for this one: its kubeconfig, its nodes and API
+        checked, and what earlier sessions applied removed. Returns what was removed."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.require_nodes()
+        remembered = self._remembered_kubeconfig()
+        pending = None
+        if remembered.is_file():  # kind's own answer costs 0.4 s a session (measured with Podman's nodes)
+            shutil.copyfile(remembered, self.kubeconfig)
+            with contextlib.suppress(ApiException, HTTPError, OSError):  # stale: the cluster was made again
+                pending = _nodes_not_ready(self.api, None, "")
+        try:
+            if pending is None:
+                self._api = None
+                result = self._kind("get", "kubeconfig", "--name", self.name)
+                if not result.ok:
+                    raise ClusterError(f"kind get kubeconfig --name {self.name} failed: {_last_error(result)}")
+                self.kubeconfig.write_text(result.stdout)
+                pending = _nodes_not_ready(self.api, None, "")
+        except (ApiException, HTTPError, OSError) as exc:
+            raise ClusterError(f"its API server does not answer ({str(exc).splitlines()[0][:200]})") from None
+        if pending:
+            raise ClusterError(f"not ready: {', '.join(pending)}")
+        self._remember_kubeconfig()
+        return kind_reset.reset(self.api, self.helm_uninstall)
+
+    def _remembered_kubeconfig(self) -> Path:
+        """This user's copy of a kept cluster's kubeconfig, for the next session that adopts it."""
+        return state_root() / "kept" / f"kubeconfig-{self.name}"
+
+    def _remember_kubeconfig(self) -> None:
+        remembered = self._remembered_kubeconfig()
+        remembered.parent.mkdir(mode=0o700, exist_ok=True)
+        shutil.copyfile(self.kubeconfig, remembered)
+
+    def helm_uninstall(self, release: str, namespace: str = "default") -> None:
+        result = _run([self.helm_bin, "uninstall", release, "--namespace", namespace, "--kubeconfig",
+                       str(self.kubeconfig), "--wait", "--timeout", "120s"], timeout=180)
+        if not result.ok:
+            raise ClusterError(f"helm uninstall {release} --namespace {namespace} failed: {_last_error(result)}")
 
     def require_nodes(self) -> None:
         """Every node container of the cluster running, or one line naming the cluster and what became of
@@ -282,7 +339,7 @@ class KindCluster:
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.inspect_volume(f"{self.name}-owner")
             return False
-        labels = {**self.owner.labels("kind"), LABEL_CLUSTER: self.name, LABEL_KIND_BIN: self.kind_bin,
+        labels = {**self.owner.labels("kind"), **self.labels, LABEL_CLUSTER: self.name, LABEL_KIND_BIN: self.kind_bin,
                   LABEL_PROVIDER: provider(), LABEL_KUBECONFIG: str(self.kubeconfig)}
         self.client.api.create_volume(name=f"{self.name}-owner", labels=labels)
         return True
@@ -543,6 +600,8 @@ class Clusters:
         key = settings.cluster_key
         if key not in self._clusters:
             def create() -> dict[str, Any]:
+                if self.services.reuse.enabled("kind") and not settings.cluster:
+                    return self._kept(settings)
                 name = settings.cluster or f"buildenv-{self.services.owner.session}-{key[:6]}"
                 self.services.progress(f"reusing KIND cluster {name}" if settings.cluster
                                        else f"creating KIND cluster {name}")
@@ -552,6 +611,60 @@ class Clusters:
             record = self.services.shared.get_or_create(f"kind-{key}", create)
             self._clusters[key] = self._handle(record["name"], record["reuse"], record["kind_bin"])
         return self._clusters[key]
+
+    def _kept(self, settings: KindSettings) -> dict[str, Any]:
+        """A free cluster kept by an earlier session with the same key, claimed, checked and reset; else a
+        new one to keep. Sessions of one key at once get one each (the claims are reuse.py's)."""
+        key, owner = self._reuse_key(settings), self.services.session_owner
+        pool = Pool("kind", key)
+        kept = {item.name: item for item in leftovers(self.services, None) if item.labels.get(LABEL_REUSE) == key}
+        with pool.locked():
+            free = [name for name in sorted(kept) if pool.free(name, owner) and not expired(kept[name].labels)]
+            names = (f"buildenv-reuse-{key[:10]}-{n}" for n in itertools.count())
+            name = free[0] if free else next(n for n in names if n not in kept and pool.free(n, owner))
+            pool.take(name, owner)
+        try:
+            cluster = self._handle(name, False, settings.kind_bin, settings,
+                                   labels=kept_labels(key, self.services.reuse.ttl))
+            if not (free and self._adopted(cluster, kept[name])):
+                self.services.progress(f"creating KIND cluster {name}, kept for later sessions (ini buildenv_reuse; "
+                                       f"key {key[:10]}, expires in {ago(self.services.reuse.ttl)})")
+                cluster.create()
+                kind_reset.record_baseline(cluster.api)
+        except BaseException:
+            pool.release(name, owner)
+            raise
+        return {"type": "kind", "name": name, "reuse": False, "kept": key, "kind_bin": settings.kind_bin}
+
+    def _adopted(self, cluster: KindCluster, item: Labelled) -> bool:
+        """Adopt a kept cluster; False (after deleting it) if it fails its check, to be made again."""
+        started = time.monotonic()
+        try:
+            removed = cluster.adopt()
+        except ClusterError as exc:
+            self.services.progress(f"kept KIND cluster {cluster.name} failed its check "
+                                   f"({str(exc).splitlines()[0]}); deleting it, to make it again")
+            cluster.delete()
+            return False
+        made = ago(time.time() - float(item.labels.get(LABEL_CREATED, "0") or 0))
+        said = (f"reused KIND cluster {cluster.name} (ini buildenv_reuse; key {item.labels[LABEL_REUSE][:10]}, "
+                f"made {made} ago), ready in {time.monotonic() - started:.1f} s: {removed}")
+        self.services.progress(said)
+        self.services.notices.append(said)
+        return True
+
+    def _reuse_key(self, settings: KindSettings) -> str:
+        """Everything that made a cluster: kind's version and provider, the node image (by its ID when the
+        engine has it: a rebuilt image of the same tag is another cluster), the config."""
+        import docker
+
+        image_id = None
+        if settings.image:
+            with contextlib.suppress(docker.errors.APIError):
+                image_id = self.client.api.inspect_image(settings.image)["Id"]  # type: ignore[no-untyped-call]
+        made_of = ["kind", _version([settings.kind_bin, "version"]), provider(), settings.image, image_id,
+                   validate_config(settings.config)]
+        return hashlib.sha256(json.dumps(made_of, default=str, sort_keys=True).encode()).hexdigest()[:16]
 
     def close(self, env: BuildEnv) -> None:
         env.close()
@@ -572,15 +685,31 @@ class Clusters:
             if self.services.owner.keep:
                 end.kept.append(f"kind cluster {cluster.name}: KUBECONFIG={cluster.kubeconfig} "
                                 f"(kind delete cluster --name {cluster.name})")
-            elif not record["reuse"]:
+            if record.get("kept"):
+                self._let_go(cluster, record["kept"])
+            elif not record["reuse"] and not self.services.owner.keep:
                 cluster.delete()
 
-    def _handle(self, name: str, reuse: bool, kind_bin: str, settings: Optional[KindSettings] = None) -> KindCluster:
-        """A handle on a session cluster; `settings` only matter to the process that creates it."""
+    def _let_go(self, cluster: KindCluster, key: str) -> None:
+        """A kept cluster, reset for a later session (whose adoption then has little left to do), and ours
+        no more, whether the reset worked or not (the adopter resets it again). Kept with --buildenv-keep,
+        it is left as the tests left it, to be looked at."""
+        try:
+            if self.services.owner.keep:
+                return
+            removed = kind_reset.reset(cluster.api, cluster.helm_uninstall, wait=False)
+            self.services.notices.append(f"kept KIND cluster {cluster.name} for later sessions (ini buildenv_reuse), "
+                                         f"after this session's things went: {removed}")
+        finally:
+            Pool("kind", key).release(cluster.name, self.services.session_owner)
+
+    def _handle(self, name: str, reuse: bool, kind_bin: str, settings: Optional[KindSettings] = None,
+                labels: Optional[Mapping[str, str]] = None) -> KindCluster:
+        """A handle on a session cluster; `settings` and `labels` only matter to the process that creates it."""
         options: dict[str, Any] = {}
         if settings is not None:
             options = {"image": settings.image, "config": settings.config, "wait": settings.wait,
-                       "progress": self.services.progress}
+                       "progress": self.services.progress, "labels": labels}
         # Clusters belong to the process that outlives every worker.
         return KindCluster(name, self.services.shared.directory, kind_bin=kind_bin, reuse=reuse,
                            owner=self.services.session_owner, client=self.client, **options)
@@ -650,4 +779,27 @@ def _remove_cluster(api: Any, endpoint: Endpoint, cluster: str, shadow_volume: s
     api.remove_volume(shadow_volume, force=True)
 
 
-KIND = KindSpec(settings=KindSettings, manager=Clusters, check=check, leftovers=leftovers)
+def kept(services: Services) -> list[Labelled]:
+    """The clusters kept for later sessions on the session's engine, oldest first."""
+    found = [item for item in leftovers(services, None) if LABEL_REUSE in item.labels]
+    return sorted(found, key=lambda item: float(item.labels.get(LABEL_CREATED, "0") or 0))
+
+
+def inventory(services: Services) -> str:
+    """For doctor: each kept cluster with its key, age, expiry and holder."""
+    found = kept(services)
+    return "kept for reuse: " + ("; ".join(f"{item.name} ({describe_kept(item)})" for item in found) if found
+                                 else "none (ini buildenv_reuse=kind keeps clusters for later sessions)")
+
+
+def header(services: Services) -> str:
+    """The session header, when clusters are kept: for how long, and how many this engine holds."""
+    if not services.reuse.enabled("kind"):
+        return ""
+    found = kept(services)
+    return (f"kind: clusters kept for later sessions (ini buildenv_reuse; each lives {ago(services.reuse.ttl)} from "
+            f"when it is made); {len(found)} kept here" + (f": {', '.join(item.name for item in found)}" if found else ""))
+
+
+KIND = KindSpec(settings=KindSettings, manager=Clusters, check=check, leftovers=leftovers, inventory=inventory,
+                header=header, reusable=True)
